@@ -1,0 +1,249 @@
+"""Shared AutoGluon adapter for the project's in-context-learning estimators.
+
+One base class serves every architecture (TabICL now, TabPFNv2 and Mitra later). It translates AutoGluon's world
+(hyperparameters, ``ag.`` params, CPU/GPU resources, bagging folds, save/load, devices) into estimator arguments and
+back; all model logic lives in :mod:`autogluon_tfm.inference`. A concrete model class only declares the AutoGluon
+class attributes and ``estimator_model_name``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from autogluon.common.utils.pandas_utils import get_approximate_df_mem_usage
+from autogluon.tabular.models.abstract.abstract_torch_model import AbstractTorchModel
+
+logger = logging.getLogger(__name__)
+
+# Hyperparameters the adapter decides itself; a user value would silently fight AutoGluon's resource handling.
+_ADAPTER_OWNED_PARAMS = {
+    "device": "the device follows the GPUs AutoGluon allocates; use `ag.num_gpus` (0 = CPU) instead",
+}
+
+
+@contextmanager
+def torch_num_threads(num_threads: int | None) -> Iterator[None]:
+    """Run a block with ``torch.set_num_threads(num_threads)`` and always restore the previous value.
+
+    AutoGluon gives each model a CPU budget and its test helpers assert that fitting leaves global torch state
+    unchanged, so the thread count must never leak out of a fit.
+    """
+    import torch
+
+    threads_before = torch.get_num_threads()
+    changed = num_threads is not None and int(num_threads) >= 1 and int(num_threads) != threads_before
+    if changed:
+        torch.set_num_threads(int(num_threads))
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != threads_before:
+            torch.set_num_threads(threads_before)
+
+
+class TFMBaseModel(AbstractTorchModel):
+    """AutoGluon model wrapping an ``autogluon_tfm`` estimator (:class:`autogluon_tfm.TFMClassifier`).
+
+    Hyperparameters are the estimator's constructor arguments (``checkpoint``, ``n_estimators``, ``norm_methods``,
+    ``softmax_temperature``, ``batch_size``, ``precision``, ...). ``checkpoint`` takes ``"default"``, a shipped
+    weights name or a path to a checkpoint file. ``random_state`` is AutoGluon's seed (per fold in bags). ``device``
+    is not a hyperparameter: any GPU share AutoGluon allocates (``ag.num_gpus``) means ``"cuda"``, else ``"cpu"``.
+
+    The fitted estimator keeps its (small) network inside, so a saved predictor predicts in a fresh process without
+    network access; saving always moves the network to CPU first.
+    """
+
+    #: ``model=`` argument of the estimator, i.e. the network architecture (set by each subclass).
+    estimator_model_name: str | None = None
+    #: Rough size of the network in memory, used by the static memory estimate before any weights are loaded.
+    network_bytes_estimate: int = 200 * 1024**2
+    #: Width of the per-cell embedding that dominates activation memory (see `_estimate_memory_usage_static`).
+    embedding_dim_estimate: int = 128
+
+    # In-context inference attends over the whole training set for every prediction: much slower on CPU.
+    gpu_strongly_recommended: bool = True
+    seed_name = "random_state"
+    default_num_gpus = 1
+    default_resources_physical_cores_only = True
+    # Regression (TFMRegressor) comes later; quantile regression after that.
+    _supported_problem_types = ["binary", "multiclass"]
+    _default_auxiliary_params_extra = {
+        "max_rows": 100_000,
+        "max_features": 2_000,
+        # No prediction chunking by AutoGluon: every chunk would re-encode the whole training context, while the
+        # estimator already batches its ensemble members internally.
+        "max_batch_size": None,
+    }
+    _default_ag_args_ensemble_extra = {
+        # A fold fit is near-instant (the estimator only stores the context); parallel fold workers would each pay
+        # for a process, a CUDA context and loading the network, which costs more than they save.
+        "fold_fitting_strategy": "sequential_local",
+        # Serve one model fit on all rows instead of k fold models: one forward pass per prediction, and the
+        # full data as context.
+        "refit_folds": True,
+    }
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._fit_device: str | None = None  # resolved device of the last fit / set_device
+
+    # ------------------------------------------------------------------------------------------------ params
+    def _set_default_params(self) -> None:
+        default_params = {"n_estimators": 8}
+        for name, value in default_params.items():
+            self._set_default_param_value(name, value)
+
+    def _get_estimator_cls(self) -> type:
+        """The estimator class for this model's problem type."""
+        if self.problem_type in ("binary", "multiclass"):
+            from autogluon_tfm.inference import TFMClassifier
+
+            return TFMClassifier
+        raise ValueError(
+            f"{type(self).__name__} does not support problem_type={self.problem_type!r}; "
+            f"supported: {self._supported_problem_types}"
+        )
+
+    def _get_estimator_kwargs(self, device: str) -> dict[str, Any]:
+        """Translate this model's hyperparameters into estimator constructor arguments (params are not mutated)."""
+        if self.estimator_model_name is None:
+            raise ValueError(f"{type(self).__name__} must set the class attribute `estimator_model_name`.")
+        estimator_cls = self._get_estimator_cls()
+        kwargs = self._get_model_params()  # a copy: AutoGluon's params must stay untouched
+        for name, reason in _ADAPTER_OWNED_PARAMS.items():
+            if name in kwargs:
+                raise ValueError(f"Hyperparameter {name!r} is not supported by {type(self).__name__}: {reason}.")
+        model_name = kwargs.pop("model", self.estimator_model_name)
+        if model_name != self.estimator_model_name:
+            raise ValueError(
+                f"{type(self).__name__} always runs model={self.estimator_model_name!r}, got model={model_name!r}; "
+                f"use the AutoGluon model class of that architecture instead."
+            )
+        valid_names = set(estimator_cls._get_param_names())
+        unknown = sorted(set(kwargs) - valid_names)
+        if unknown:
+            valid = sorted(valid_names - {"model", *_ADAPTER_OWNED_PARAMS})
+            raise ValueError(f"Unknown hyperparameter(s) for {type(self).__name__}: {unknown}. Valid: {valid}")
+        kwargs["model"] = self.estimator_model_name
+        kwargs["device"] = device
+        return kwargs
+
+    # ---------------------------------------------------------------------------------------- preprocessing
+    def _preprocess(self, X: pd.DataFrame, is_train: bool = False, **kwargs: Any) -> pd.DataFrame:
+        """Hand the estimator a DataFrame whose categorical columns stay pandas ``category``.
+
+        The estimator encodes categoricals itself (NaN included), so nothing is label-encoded here. A categorical
+        column that is entirely missing in one batch (e.g. an out-of-fold split in a bag) keeps its ``category``
+        dtype and categories: the estimator sees an ordinary column of missing values.
+        """
+        return super()._preprocess(X, **kwargs)
+
+    # --------------------------------------------------------------------------------------------------- fit
+    def _fit(
+        self,
+        X: pd.DataFrame,
+        y: pd.Series,
+        X_val: pd.DataFrame | None = None,
+        y_val: pd.Series | None = None,
+        time_limit: float | None = None,
+        num_cpus: int | None = 1,
+        num_gpus: float | None = 0,
+        **kwargs: Any,
+    ) -> None:
+        # X_val / y_val / time_limit: in-context fitting only stores the training context, so there is nothing to
+        # early-stop or budget yet; they become relevant once finetuning is exposed.
+        device = self._resolve_fit_device(num_gpus=num_gpus or 0)
+        estimator_kwargs = self._get_estimator_kwargs(device=device)
+        X = self.preprocess(X, is_train=True)
+        estimator = self._get_estimator_cls()(**estimator_kwargs)
+        with torch_num_threads(num_cpus):
+            estimator.fit(X, y)
+        self.model = estimator
+        self._fit_device = device
+
+    # ----------------------------------------------------------------------------------------------- predict
+    def _predict_proba(self, X: pd.DataFrame, **kwargs: Any) -> np.ndarray:
+        X = self.preprocess(X, **kwargs)
+        y_pred_proba = np.asarray(self.model.predict_proba(X))
+        y_pred_proba = self._align_to_all_classes(y_pred_proba)
+        return self._convert_proba_to_unified_form(y_pred_proba)
+
+    def _align_to_all_classes(self, y_pred_proba: np.ndarray) -> np.ndarray:
+        """Place the estimator's columns at AutoGluon's class ids; classes absent from the fit data get 0.
+
+        AutoGluon labels are 0..num_classes-1, but a bagging fold can miss a rare class, and the estimator then only
+        knows the classes it has seen.
+        """
+        num_classes = self.num_classes
+        seen_classes = np.asarray(self.model.classes_)
+        if num_classes is None or len(seen_classes) == num_classes:
+            return y_pred_proba
+        aligned = np.zeros((y_pred_proba.shape[0], num_classes), dtype=y_pred_proba.dtype)
+        aligned[:, seen_classes.astype(int)] = y_pred_proba
+        return aligned
+
+    # ------------------------------------------------------------------------------------------------ device
+    def get_device(self) -> str:
+        """Device type ("cpu" / "cuda") the fitted estimator runs on."""
+        device = getattr(self.model, "device_", None) or self._fit_device or "cpu"
+        return self.to_torch_device(str(device)).type
+
+    def _set_device(self, device: str) -> None:
+        """Move the fitted estimator (and its network) to ``device``; AutoGluon calls this with "cpu" before saving
+        and with the best available device after loading."""
+        estimator = self.model
+        if callable(getattr(estimator, "to", None)):
+            estimator.to(device)
+        else:
+            # The estimator has no `to()` (yet): re-point its resolved device; it moves its network to `device_`
+            # before every prediction, and pickling always stores the network on CPU.
+            from autogluon_tfm.inference.classifier import resolve_device, resolve_precision
+
+            estimator.set_params(device=device)
+            estimator.device_ = resolve_device(device)
+            estimator.precision_ = resolve_precision(estimator.precision, estimator.device_)
+        self._fit_device = self.to_torch_device(device).type
+
+    # ------------------------------------------------------------------------------------------------ memory
+    @classmethod
+    def _estimate_memory_usage_static(
+        cls,
+        *,
+        X: pd.DataFrame,
+        hyperparameters: dict | None = None,
+        **kwargs: Any,
+    ) -> int:
+        """Peak RAM estimate for fit plus the first prediction (bytes), used by AutoGluon to skip or serialise fits.
+
+        Provisional formula, to be calibrated against measured peaks once the estimator and shipped weights settle:
+        4 x the DataFrame (copies made while encoding and per ensemble member) + the network + activations of one
+        batch of ensemble members, dominated by the per-cell embeddings ``rows x features x embed_dim`` in fp32.
+        """
+        hyperparameters = hyperparameters or {}
+        n_rows, n_features = X.shape
+        data_bytes = 4 * int(get_approximate_df_mem_usage(X).sum())
+        n_members_per_batch = min(
+            int(hyperparameters.get("n_estimators", 8)), int(hyperparameters.get("batch_size", 8))
+        )
+        bytes_per_float = 4
+        activation_bytes = (
+            n_members_per_batch * n_rows * max(n_features, 1) * cls.embedding_dim_estimate * bytes_per_float
+        )
+        overhead_bytes = 300 * 1024**2  # torch + estimator bookkeeping
+        return int(data_bytes + cls.network_bytes_estimate + activation_bytes + overhead_bytes)
+
+    # -------------------------------------------------------------------------------------------------- tags
+    def _more_tags(self) -> dict:
+        # In-context models simply use all rows as context when refit on the full data.
+        return {"can_refit_full": True}
+
+
+# Last line on purpose: completes a registration deferred while this module was half-imported (see registry.py).
+from autogluon_tfm.autogluon.registry import register_when_ready  # noqa: E402
+
+register_when_ready(finished_module=__name__)

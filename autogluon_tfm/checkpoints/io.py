@@ -1,0 +1,201 @@
+"""Loading and saving networks in the official formats and the project's own safetensors format."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from autogluon_tfm.nn import ARCHITECTURES
+
+logger = logging.getLogger(__name__)
+
+SHIPPED_DIR = Path(__file__).resolve().parent / "weights"
+
+# Official files, newest first; the first one present in the local cache wins for checkpoint="default".
+OFFICIAL_FILES: dict[tuple[str, str], list[tuple[str, str]]] = {
+    ("tabicl", "classification"): [
+        ("jingang/TabICL", "tabicl-classifier-v2-20260212.ckpt"),
+        ("jingang/TabICL", "tabicl-classifier-v1.1-20250506.ckpt"),
+        ("jingang/TabICL", "tabicl-classifier-v1-20250208.ckpt"),
+        ("jingang/TabICL-clf", "tabicl-classifier-v1.1-0506.ckpt"),
+        ("jingang/TabICL-clf", "tabicl-classifier-v1-0208.ckpt"),
+        ("jingang/TabICL-clf", "tabicl-classifier.ckpt"),
+    ],
+    ("tabicl", "regression"): [("jingang/TabICL", "tabicl-regressor-v2-20260212.ckpt")],
+}
+
+# The project's shipped weights per (architecture, task).
+SHIPPED_DEFAULTS: dict[tuple[str, str], str] = {
+    ("tabicl", "classification"): "tabicl-clf-small",
+}
+
+TINY_CONFIGS: dict[str, dict[str, Any]] = {
+    "tabicl": dict(
+        embed_dim=16, col_num_blocks=1, col_nhead=2, col_num_inds=4, row_num_blocks=2, row_nhead=2, row_num_cls=2,
+        icl_num_blocks=1, icl_nhead=2, ff_factor=2, num_quantiles=9,
+    ),
+}
+
+
+def list_shipped() -> list[str]:
+    """Names of the weights shipped inside the package."""
+    return sorted(p.stem for p in SHIPPED_DIR.glob("*.safetensors"))
+
+
+def _cached_official_file(repo_id: str, filename: str) -> Path | None:
+    """Path of an official file already in the local Hugging Face cache, without any network access."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - huggingface_hub is a dependency
+        return None
+    found = try_to_load_from_cache(repo_id=repo_id, filename=filename)
+    return Path(found) if isinstance(found, str) else None
+
+
+def resolve_checkpoint(model: str = "tabicl", task: str = "classification", checkpoint: str = "default") -> str:
+    """Turn ``checkpoint`` into something :func:`load_network` accepts, logging which weights are used.
+
+    ``"default"`` picks an official checkpoint already in the local cache, else the project's shipped weights.
+    """
+    model = model.lower()
+    if task not in ("classification", "regression"):
+        raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
+    if checkpoint != "default":
+        return str(checkpoint)
+    for repo_id, filename in OFFICIAL_FILES.get((model, task), []):
+        path = _cached_official_file(repo_id, filename)
+        if path is not None:
+            logger.info("Using official %s %s checkpoint from the local cache: %s", model, task, path)
+            return str(path)
+    shipped = SHIPPED_DEFAULTS.get((model, task))
+    if shipped is None or not (SHIPPED_DIR / f"{shipped}.safetensors").exists():
+        raise ValueError(
+            f"No weights for model={model!r}, task={task!r}: no official checkpoint in the local cache and no shipped "
+            f"weights. Pass checkpoint=<path to a .ckpt or .safetensors file>. Shipped: {list_shipped()}"
+        )
+    logger.info("Using shipped %s %s weights %r (no official checkpoint in the local cache)", model, task, shipped)
+    return shipped
+
+
+def _build(arch: str, config: dict[str, Any]) -> nn.Module:
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"Unknown architecture {arch!r}; known: {sorted(ARCHITECTURES)}")
+    cls = ARCHITECTURES[arch]
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    dropped = sorted(set(config) - accepted)
+    if dropped:  # e.g. `zero_init` written by newer official trainers
+        logger.debug("Ignoring config keys %s unknown to %s", dropped, cls.__name__)
+    return cls(**{k: v for k, v in config.items() if k in accepted})
+
+
+def _split_packed_attention(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Official packed ``attn.in_proj_{weight,bias}`` -> our ``attn.{q,k,v}_proj.{weight,bias}``."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        if key.endswith(("in_proj_weight", "in_proj_bias")):
+            prefix, kind = key.rsplit(".", 1)
+            suffix = "weight" if kind == "in_proj_weight" else "bias"
+            for name, part in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3, dim=0)):
+                out[f"{prefix}.{name}.{suffix}"] = part.clone()
+        else:
+            out[key] = value
+    return out
+
+
+def _load_official_tabicl(path: Path) -> nn.Module:
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or "config" not in ckpt or "state_dict" not in ckpt:
+        raise ValueError(f"{path} is not a tabicl checkpoint (expected a dict with 'config' and 'state_dict')")
+    net = _build("tabicl", dict(ckpt["config"]))
+    net.load_state_dict(_split_packed_attention(ckpt["state_dict"]), strict=True)
+    return net
+
+
+def _load_safetensors(path: Path) -> nn.Module:
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if "arch" not in meta or "config" not in meta:
+        raise ValueError(f"{path} lacks the 'arch'/'config' metadata of autogluon-tfm weights")
+    net = _build(meta["arch"], json.loads(meta["config"]))
+    state = {k: v.float() for k, v in load_file(str(path)).items()}
+    net.load_state_dict(state, strict=True)
+    return net
+
+
+def _find(path_or_name: str | Path) -> Path:
+    path = Path(path_or_name).expanduser()
+    if path.exists():
+        return path
+    name = str(path_or_name)
+    shipped = SHIPPED_DIR / (name if name.endswith(".safetensors") else f"{name}.safetensors")
+    if shipped.exists():
+        return shipped
+    for files in OFFICIAL_FILES.values():
+        for repo_id, filename in files:
+            if filename == name:
+                cached = _cached_official_file(repo_id, filename)
+                if cached is not None:
+                    return cached
+                raise FileNotFoundError(
+                    f"Official checkpoint {name!r} is not in the local Hugging Face cache and autogluon-tfm never "
+                    f"downloads implicitly. Run `python -m autogluon_tfm download {name}` where you have internet, "
+                    f"or pass the file's path."
+                )
+    raise FileNotFoundError(
+        f"Checkpoint {name!r} not found: not a file, not a shipped name ({list_shipped()}), not an official file name."
+    )
+
+
+def load_network(path_or_name: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """Load a network in eval mode from a path, a shipped weights name or a cached official file name."""
+    path = _find(path_or_name)
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory; pass the checkpoint file inside it")
+    if path.suffix == ".safetensors":
+        net = _load_safetensors(path)
+    else:
+        net = _load_official_tabicl(path)
+    return net.to(device).eval()
+
+
+def save_network(
+    net: nn.Module, path: str | Path, card: dict[str, Any] | None = None, dtype: torch.dtype | None = None
+) -> Path:
+    """Save in the project's format: ``path`` (.safetensors, config in metadata) plus a JSON card beside it."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        path = path.with_suffix(".safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    config = json.dumps(net.config, sort_keys=True)
+    save_file(state, str(path), metadata={"arch": net.arch, "config": config, "format": "autogluon-tfm/1"})
+    card = dict(card or {})
+    card.setdefault("arch", net.arch)
+    card.setdefault("config", net.config)
+    card.setdefault("n_parameters", sum(v.numel() for v in net.state_dict().values()))
+    path.with_suffix(".json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def make_tiny_network(arch: str = "tabicl", task: str = "classification", seed: int = 0) -> nn.Module:
+    """A randomly initialised tiny network for fast tests (eval mode, CPU)."""
+    config = dict(TINY_CONFIGS[arch])
+    if task == "regression":
+        config["max_classes"] = 0
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = _build(arch, config)
+        for p in net.parameters():  # official init zeroes residual branches; tests want a non-trivial function
+            if p.requires_grad and p.dim() >= 1 and bool((p == 0).all()):
+                nn.init.normal_(p, std=0.05)
+    return net.eval()

@@ -1,0 +1,154 @@
+"""Configuration of the synthetic-dataset prior (what kinds of tables are generated, and how)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from autogluon_tfm.prior.causes import CAUSE_SAMPLINGS
+
+TASKS: tuple[str, ...] = ("classification", "regression")
+CLASS_ASSIGNMENTS: tuple[str, ...] = ("rank", "value")
+
+
+@dataclass(frozen=True)
+class PriorConfig:
+    """All knobs of the prior. Ranges are ``(low, high)`` inclusive; ``*_mean`` ranges bound the per-dataset mean
+    of a log-scaled truncated normal (see :meth:`PriorRandom.log_scaled_truncated_normal`).
+
+    The defaults reproduce the TabICL v1 ``mix_scm`` prior (70 % MLP-SCM, 30 % XGBoost tree-SCM).
+    """
+
+    name: str = "tabicl_mix"
+    task: str = "classification"
+    # Probability that a table comes from the tree SCM rather than the MLP SCM.
+    p_tree: float = 0.3
+
+    # ---- table shape (the batch-level n_rows / n_train / max_features are arguments of sample_batch)
+    min_features: int = 2
+    train_fraction: tuple[float, float] = (0.3, 0.9)
+    max_classes: int = 10
+    # With this probability a table gets U{2..max_classes} classes, otherwise 2.
+    multiclass_prob: float = 0.5
+
+    # ---- MLP SCM
+    num_causes_mean: tuple[float, float] = (1.0, 12.0)
+    num_layers_mean: tuple[float, float] = (1.0, 6.0)
+    max_layers: int = 6
+    hidden_dim_mean: tuple[float, float] = (5.0, 130.0)
+    min_hidden_dim: int = 4
+    max_hidden_dim: int = 130
+    init_std_mean: tuple[float, float] = (0.01, 10.0)
+    noise_std_mean: tuple[float, float] = (1e-4, 0.3)
+    causal_prob: float = 0.5
+    block_dropout_prob: float = 0.5
+    # Bernoulli weight dropout is max_weight_dropout * Beta(a, b) with a, b ~ U(0.1, 5).
+    max_weight_dropout: float = 0.9
+    random_function_weight: float = 10.0
+    same_activation_prob: float = 0.5
+    n_frequencies: int = 256
+    cause_samplings: tuple[str, ...] = CAUSE_SAMPLINGS
+
+    # ---- tree SCM (XGBoost fitted on Gaussian noise, used as a random function)
+    tree_layers: tuple[int, int] = (1, 2)
+    tree_hidden_dim: tuple[int, int] = (3, 9)
+    tree_max_estimators: int = 4
+    tree_max_depth: int = 4
+    # Rate of the exponential added to 1 (estimators) / 2 (depth) before capping.
+    tree_exponential_rate: float = 0.5
+    # Trees are fit on at most this many random rows (their targets are noise anyway) and predict on all rows.
+    tree_fit_rows: int = 512
+    # Coarse histograms make the fits ~6x faster; with <= 4 trees of depth <= 4 the split choice is not limiting.
+    tree_max_bin: int = 32
+
+    # ---- post-processing (regression -> classification, features)
+    categorical_prob: float = 0.2
+    max_categories: int = 100
+    outlier_threshold: float = 4.0
+    feature_clip: float = 100.0
+    permute_features: bool = True
+    class_assignments: tuple[str, ...] = CLASS_ASSIGNMENTS
+    # Probability of keeping the natural (ordinal) order of classes instead of a random permutation.
+    ordered_classes_prob: float = 0.0
+    # Missing values: OFF by default because the pretraining networks do not take NaN inputs.
+    nan_prob: float = 0.0
+    max_nan_fraction: float = 0.3
+
+    # ---- batch layout
+    # False: X is zero-padded to the largest d in the batch; True: to sample_batch's max_features.
+    pad_to_max_features: bool = False
+    max_attempts: int = 100
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if not 0.0 <= self.p_tree <= 1.0:
+            raise ValueError(f"p_tree must be in [0, 1], got {self.p_tree}")
+        if self.task == "classification" and self.max_classes < 2:
+            raise ValueError(f"max_classes must be >= 2 for classification, got {self.max_classes}")
+        if self.min_features < 1:
+            raise ValueError(f"min_features must be >= 1, got {self.min_features}")
+        low, high = self.train_fraction
+        if not 0.0 < low <= high < 1.0:
+            raise ValueError(f"train_fraction must satisfy 0 < low <= high < 1, got {self.train_fraction}")
+        for field_name in ("num_causes_mean", "num_layers_mean", "hidden_dim_mean", "init_std_mean", "noise_std_mean"):
+            low, high = getattr(self, field_name)
+            if not 0.0 < low <= high:
+                raise ValueError(f"{field_name} must satisfy 0 < low <= high, got {(low, high)}")
+        if self.max_layers < 2:
+            raise ValueError(f"max_layers must be >= 2, got {self.max_layers}")
+        if not 1 <= self.min_hidden_dim <= self.max_hidden_dim:
+            raise ValueError("need 1 <= min_hidden_dim <= max_hidden_dim")
+        if not self.cause_samplings or any(s not in CAUSE_SAMPLINGS for s in self.cause_samplings):
+            raise ValueError(f"cause_samplings must be a non-empty subset of {CAUSE_SAMPLINGS}")
+        if not self.class_assignments or any(a not in CLASS_ASSIGNMENTS for a in self.class_assignments):
+            raise ValueError(f"class_assignments must be a non-empty subset of {CLASS_ASSIGNMENTS}")
+        if not 1 <= self.tree_layers[0] <= self.tree_layers[1]:
+            raise ValueError(f"tree_layers must satisfy 1 <= low <= high, got {self.tree_layers}")
+        if not 1 <= self.tree_hidden_dim[0] <= self.tree_hidden_dim[1]:
+            raise ValueError(f"tree_hidden_dim must satisfy 1 <= low <= high, got {self.tree_hidden_dim}")
+        if self.tree_max_estimators < 1 or self.tree_max_depth < 1 or self.tree_fit_rows < 2 or self.tree_max_bin < 2:
+            raise ValueError("tree_max_estimators, tree_max_depth >= 1 and tree_fit_rows, tree_max_bin >= 2 required")
+        for field_name in (
+            "multiclass_prob",
+            "causal_prob",
+            "block_dropout_prob",
+            "same_activation_prob",
+            "categorical_prob",
+            "ordered_classes_prob",
+            "nan_prob",
+        ):
+            value = getattr(self, field_name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{field_name} must be in [0, 1], got {value}")
+        if not 0.0 <= self.max_weight_dropout < 1.0 or not 0.0 <= self.max_nan_fraction < 1.0:
+            raise ValueError("max_weight_dropout and max_nan_fraction must be in [0, 1)")
+        if self.max_categories < 2 or self.n_frequencies < 1 or self.max_attempts < 1:
+            raise ValueError("max_categories >= 2, n_frequencies >= 1 and max_attempts >= 1 required")
+        if self.outlier_threshold <= 0 or self.feature_clip <= 0:
+            raise ValueError("outlier_threshold and feature_clip must be > 0")
+
+    def replace(self, **changes: Any) -> PriorConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+PRIOR_CONFIGS: dict[str, PriorConfig] = {
+    "tabicl_mix": PriorConfig(name="tabicl_mix", p_tree=0.3),
+    "scm_only": PriorConfig(name="scm_only", p_tree=0.0),
+    "tree_only": PriorConfig(name="tree_only", p_tree=1.0),
+    "tabicl_mix_regression": PriorConfig(name="tabicl_mix_regression", p_tree=0.3, task="regression"),
+}
+
+
+def get_prior_config(config: PriorConfig | str = "tabicl_mix", **overrides: Any) -> PriorConfig:
+    """Resolve a named config (see :data:`PRIOR_CONFIGS`) or pass a :class:`PriorConfig` through, applying
+    ``overrides`` (field=value) on top."""
+    if isinstance(config, str):
+        if config not in PRIOR_CONFIGS:
+            raise ValueError(f"unknown prior config {config!r}; known: {sorted(PRIOR_CONFIGS)}")
+        config = PRIOR_CONFIGS[config]
+    elif not isinstance(config, PriorConfig):
+        raise ValueError(f"config must be a PriorConfig or a name, got {type(config).__name__}")
+    return config.replace(**overrides) if overrides else config

@@ -1,0 +1,200 @@
+"""Post-processing of raw SCM tables: feature cleaning and regression-target -> class conversion.
+
+Features: random categorical conversion of some columns -> robust outlier clipping -> removal of constant columns
+-> standardization (clipped to +-feature_clip) -> random column permutation (-> optional missing values).
+Target: robust outlier clipping -> standardization -> (classification) random class boundaries, dense class ids,
+random class permutation, and a row swap that guarantees every class appears in the train part.
+
+Statistics are computed in float64 because raw SCM outputs can reach ~1e15 (exp activations), whose squares
+overflow float32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from autogluon_tfm.prior.config import PriorConfig
+from autogluon_tfm.prior.random_utils import PriorRandom
+
+_MIN_STD = 1e-6
+# Category-code ordering is kept for this share of converted feature columns (ordinal-looking categoricals).
+_ORDERED_CATEGORIES_PROB = 0.3
+_CLASS_ASSIGNMENT_TRIES = 5
+
+
+@dataclass
+class ProcessedTable:
+    X: torch.Tensor  # (T, d) float32, standardized, no constant column
+    y: torch.Tensor  # (T,) float32: class ids 0..n_classes-1, or standardized regression target
+    n_classes: int  # 0 for regression
+
+
+def _column_mean_std(x: torch.Tensor, weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-column mean and unbiased std of ``x (T, d)``, optionally over the rows where ``weights`` is 1."""
+    if weights is None:
+        weights = torch.ones_like(x)
+    count = weights.sum(0)
+    mean = (x * weights).sum(0) / count.clamp(min=1)
+    variance = ((x - mean).square() * weights).sum(0) / (count - 1).clamp(min=1)
+    return mean, variance.sqrt()
+
+
+def clip_outliers(x: torch.Tensor, threshold: float = 4.0) -> torch.Tensor:
+    """Clamp each column of ``x (T, d)`` to ``robust_mean +- threshold * robust_std``.
+
+    Two stages: the robust statistics are computed on the rows within ``threshold`` stds of the plain mean, so
+    that a few huge outliers do not inflate the bounds that are meant to catch them.
+    """
+    mean, std = _column_mean_std(x)
+    inliers = ((x - mean).abs() <= threshold * std).to(x.dtype)
+    robust_mean, robust_std = _column_mean_std(x, inliers)
+    # A column with < 2 inliers has no usable robust std: fall back to the plain statistics.
+    too_few = inliers.sum(0) < 2
+    robust_mean = torch.where(too_few, mean, robust_mean)
+    robust_std = torch.where(too_few, std, robust_std)
+    return x.clamp(min=robust_mean - threshold * robust_std, max=robust_mean + threshold * robust_std)
+
+
+def standardize(x: torch.Tensor, clip: float = 100.0) -> torch.Tensor:
+    """Per-column z-score (std floored at 1e-6), clipped to ``[-clip, clip]``."""
+    mean, std = _column_mean_std(x)
+    return ((x - mean) / std.clamp(min=_MIN_STD)).clamp(-clip, clip)
+
+
+def non_constant_columns(x: torch.Tensor) -> torch.Tensor:
+    """Boolean mask of the columns of ``x (T, d)`` that take more than one value."""
+    return x.amax(0) > x.amin(0)
+
+
+def dense_codes(codes: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Map integer codes to ``0..k-1`` preserving their order; returns the codes and ``k``."""
+    values, inverse = torch.unique(codes, return_inverse=True)
+    return inverse, int(values.numel())
+
+
+def discretize(values: torch.Tensor, n_bins: int, mode: str, rng: PriorRandom) -> torch.Tensor:
+    """Cut a 1-D tensor into at most ``n_bins`` ordered bins with random boundaries.
+
+    ``"rank"``: boundaries are the values of random rows (bins follow the data's quantiles);
+    ``"value"``: boundaries are N(0, 1) draws (meaningful for standardized input; bins may be empty).
+    """
+    if n_bins < 2:
+        raise ValueError(f"n_bins must be >= 2, got {n_bins}")
+    if mode == "rank":
+        boundaries = values[rng.randint(0, values.shape[0], (n_bins - 1,))]
+    elif mode == "value":
+        boundaries = rng.randn(n_bins - 1).to(values.dtype)
+    else:
+        raise ValueError(f"mode must be 'rank' or 'value', got {mode!r}")
+    return (values[:, None] > boundaries[None, :]).sum(1)
+
+
+def shuffle_codes(codes: torch.Tensor, n_codes: int, rng: PriorRandom, keep_order_prob: float) -> torch.Tensor:
+    """Randomly permute dense codes ``0..n_codes-1``; with ``keep_order_prob`` keep the order (randomly reversed)."""
+    if rng.bernoulli(keep_order_prob):
+        return n_codes - 1 - codes if rng.bernoulli(0.5) else codes
+    return rng.randperm(n_codes)[codes]
+
+
+def convert_random_columns_to_categorical(x: torch.Tensor, rng: PriorRandom, config: PriorConfig) -> torch.Tensor:
+    """With probability ``categorical_prob``, turn a random subset of columns into integer category codes
+    (Gamma(1, 10) categories, at least 2, cut at rank boundaries, codes in random order). Returns a new tensor."""
+    if not rng.bernoulli(config.categorical_prob):
+        return x
+    column_prob = rng.uniform()
+    convert = rng.np.random(x.shape[1]) < column_prob
+    if not convert.any():
+        return x
+    x = x.clone()
+    n_categories = rng.np.gamma(1.0, 10.0, size=x.shape[1]).round().clip(2, config.max_categories).astype(int)
+    for column in convert.nonzero()[0]:
+        codes, n_present = dense_codes(discretize(x[:, column], int(n_categories[column]), "rank", rng))
+        codes = shuffle_codes(codes, n_present, rng, _ORDERED_CATEGORIES_PROB)
+        x[:, column] = codes.to(x.dtype)
+    return x
+
+
+def assign_classes(y: torch.Tensor, n_classes: int, rng: PriorRandom, config: PriorConfig) -> tuple[torch.Tensor, int]:
+    """Turn a standardized continuous target into class ids ``0..k-1`` (``k <= n_classes``: empty bins vanish)."""
+    mode = config.class_assignments[rng.integer(0, len(config.class_assignments) - 1)]
+    codes, n_present = dense_codes(discretize(y, n_classes, mode, rng))
+    return shuffle_codes(codes, n_present, rng, config.ordered_classes_prob), n_present
+
+
+def order_rows_with_all_classes_in_train(labels: torch.Tensor, n_train: int, rng: PriorRandom) -> torch.Tensor | None:
+    """A row order in which each class present in ``labels`` occurs among the first ``n_train`` rows.
+
+    Rows are i.i.d., so the identity order is already a random split; for each class missing from the train part,
+    one of its test rows is swapped with a random train row of a class that occurs at least twice there.
+    Returns ``None`` when impossible (more classes than train rows).
+    """
+    n_classes = int(labels.max()) + 1
+    if n_classes > n_train:
+        return None
+    order = torch.arange(labels.shape[0])
+    current = labels.clone()
+    train_counts = torch.bincount(current[:n_train], minlength=n_classes)
+    for missing_class in (train_counts == 0).nonzero().flatten().tolist():
+        test_rows = n_train + (current[n_train:] == missing_class).nonzero().flatten()
+        donor_rows = (train_counts[current[:n_train]] >= 2).nonzero().flatten()
+        if test_rows.numel() == 0 or donor_rows.numel() == 0:
+            return None
+        test_row = int(test_rows[rng.integer(0, test_rows.numel() - 1)])
+        donor_row = int(donor_rows[rng.integer(0, donor_rows.numel() - 1)])
+        train_counts[current[donor_row]] -= 1
+        train_counts[missing_class] += 1
+        order[[donor_row, test_row]] = order[[test_row, donor_row]]
+        current[[donor_row, test_row]] = current[[test_row, donor_row]]
+    return order
+
+
+def inject_missing_values(x: torch.Tensor, rng: PriorRandom, config: PriorConfig) -> torch.Tensor:
+    """With probability ``nan_prob``, set a random fraction (U[0, max_nan_fraction]) of cells to NaN (MCAR)."""
+    if not rng.bernoulli(config.nan_prob):
+        return x
+    fraction = rng.uniform(0.0, config.max_nan_fraction)
+    return x.masked_fill(rng.rand(*x.shape) < fraction, float("nan"))
+
+
+def postprocess_table(
+    X: torch.Tensor, y: torch.Tensor, n_train: int, n_classes: int, rng: PriorRandom, config: PriorConfig
+) -> ProcessedTable | None:
+    """Clean one raw SCM table ``X (T, d), y (T,)``; ``None`` if it is unusable (non-finite values, no varying
+    feature, constant target, or fewer than 2 classes / a class that cannot be put in the train part)."""
+    if X.ndim != 2 or y.ndim != 1 or X.shape[0] != y.shape[0]:
+        raise ValueError(f"expected X (T, d) and y (T,), got {tuple(X.shape)} and {tuple(y.shape)}")
+    if not 1 <= n_train < X.shape[0]:
+        raise ValueError(f"n_train must be in [1, T), got {n_train} with T={X.shape[0]}")
+    if not (torch.isfinite(X).all() and torch.isfinite(y).all()):
+        return None
+    features = convert_random_columns_to_categorical(X.double(), rng, config)
+    features = clip_outliers(features, config.outlier_threshold)
+    varying = non_constant_columns(features)
+    if not bool(varying.any()):
+        return None
+    features = standardize(features[:, varying], config.feature_clip)
+    if config.permute_features:
+        features = features[:, rng.randperm(features.shape[1])]
+
+    target = clip_outliers(y.double()[:, None], config.outlier_threshold)
+    if not bool(non_constant_columns(target).all()):
+        return None
+    target = standardize(target, config.feature_clip)[:, 0]
+
+    if config.task == "regression":
+        return ProcessedTable(inject_missing_values(features, rng, config).float(), target.float(), 0)
+
+    # Redrawing boundaries is much cheaper than redrawing the whole SCM when all rows fall into one bin.
+    for _ in range(_CLASS_ASSIGNMENT_TRIES):
+        labels, n_present = assign_classes(target, n_classes, rng, config)
+        if n_present >= 2:
+            break
+    else:
+        return None
+    order = order_rows_with_all_classes_in_train(labels, n_train, rng)
+    if order is None:
+        return None
+    features, labels = features[order], labels[order]
+    return ProcessedTable(inject_missing_values(features, rng, config).float(), labels.float(), n_present)
