@@ -11,10 +11,7 @@ __version__ = "0.1.0"
 from autogluon_tfm.autogluon import register, unregister  # these two do not import AutoGluon
 from autogluon_tfm.autogluon.registry import register_on_import as _register_on_import
 from autogluon_tfm.checkpoints import load_network
-try:
-    from autogluon_tfm.inference import TFMClassifier
-except ImportError:  # TEMP until inference lands
-    pass
+from autogluon_tfm.inference import TFMClassifier
 
 __all__ = ["TFMClassifier", "TabICLModel", "load_network", "register", "unregister", "__version__"]
 

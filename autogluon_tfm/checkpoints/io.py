@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,9 @@ def _cached_official_file(repo_id: str, filename: str) -> Path | None:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:  # pragma: no cover - huggingface_hub is a dependency
         return None
-    found = try_to_load_from_cache(repo_id=repo_id, filename=filename)
+    # Read the cache location at call time so HF_HUB_CACHE set after import is honoured.
+    cache_dir = os.environ.get("HF_HUB_CACHE") or None
+    found = try_to_load_from_cache(repo_id=repo_id, filename=filename, cache_dir=cache_dir)
     return Path(found) if isinstance(found, str) else None
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,37 +51,64 @@ class EnsembleMember:
     class_pattern: np.ndarray
 
 
-def latin_square_rows(n: int, rng: random.Random) -> list[list[int]]:
-    """Rows of a random ``n x n`` Latin square over ``0..n-1`` (each row is a permutation; each position sees
-    every element exactly once across rows).
+class _OrderTable(Sequence):
+    """Read-only sequence of permutations ``order(k)`` computed on demand.
 
-    Built by inserting symbols one at a time along the diagonal of a growing square, then shuffling rows and
-    columns; iterative so that large ``n`` does not hit Python's recursion limit.
+    Latin squares and circular shifts have ``n`` rows of length ``n``; with thousands of features (or classes)
+    materialising all of them costs O(n^2) memory although only ``n_estimators`` rows are ever used.
+    """
+
+    def __init__(self, length: int, order: Callable[[int], np.ndarray]):
+        self._length = length
+        self._order = order
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[k] for k in range(*index.indices(self._length))]
+        if not -self._length <= index < self._length:
+            raise IndexError(index)
+        return [int(v) for v in self._order(index % self._length)]
+
+
+def _latin_square(n: int, rng: random.Random) -> _OrderTable:
+    """Rows of a random ``n x n`` Latin square over ``0..n-1`` (each row a permutation; each position sees every
+    element once across rows).
+
+    The square is cyclic: a random first row ``f`` (drawn symbol by symbol) and ``square[i][j] = f[(j - i) mod n]``;
+    its rows and then its columns are shuffled and the shuffled columns are returned. Shuffling index lists consumes
+    the random stream exactly like shuffling the rows themselves, so only the requested rows are ever computed.
     """
     remaining = list(range(n))
-    inserted_last_first = []
+    first_row = []
     while len(remaining) > 1:
         symbol = rng.choice(remaining)
         remaining.remove(symbol)
-        inserted_last_first.append(symbol)
-    square = [list(remaining)]
-    for symbol in reversed(inserted_last_first):
-        square.append(list(square[0]))
-        for position, row in enumerate(square):
-            row.insert(position, symbol)
-    rng.shuffle(square)
-    columns = [list(column) for column in zip(*square)]
-    rng.shuffle(columns)
-    return columns
+        first_row.append(symbol)
+    first_row = np.asarray(first_row + remaining, dtype=np.int64)
+    row_order = list(range(n))
+    rng.shuffle(row_order)
+    column_order = list(range(n))
+    rng.shuffle(column_order)
+    rows = np.asarray(row_order, dtype=np.int64)
+    return _OrderTable(n, lambda k: first_row[(column_order[k] - rows) % n])
 
 
-def _circular_shifts(n: int) -> list[list[int]]:
+def latin_square_rows(n: int, rng: random.Random) -> list[list[int]]:
+    """All rows of a random ``n x n`` Latin square (see ``_latin_square``)."""
+    return list(_latin_square(n, rng))
+
+
+def _circular_shifts(n: int) -> _OrderTable:
     # Shift s maps element j to (j - s) mod n.
-    return [[(j - shift) % n for j in range(n)] for shift in range(n)]
+    elements = np.arange(n, dtype=np.int64)
+    return _OrderTable(n, lambda shift: (elements - shift) % n)
 
 
-def feature_orders(n_features: int, method: str, n_estimators: int, random_state: int | None) -> list[list[int]]:
-    """Candidate feature orders for ``method`` in {"latin", "shift", "random", "none"}."""
+def feature_orders(n_features: int, method: str, n_estimators: int, random_state: int | None) -> Sequence[list[int]]:
+    """Candidate feature orders for ``method`` in {"latin", "shift", "random", "none"} (computed on demand)."""
     if method not in FEATURE_SHUFFLE_METHODS:
         raise ValueError(f"Unknown feature shuffle method {method!r}; expected one of {FEATURE_SHUFFLE_METHODS}.")
     rng = random.Random(random_state)
@@ -93,14 +120,14 @@ def feature_orders(n_features: int, method: str, n_estimators: int, random_state
     if method == "shift":
         return _circular_shifts(n_features)
     if method == "latin":
-        return latin_square_rows(n_features, rng)
+        return _latin_square(n_features, rng)
     if n_features <= _MAX_ELEMENTS_FOR_EXHAUSTIVE:
         all_orders = [list(order) for order in itertools.permutations(identity)]
         return rng.sample(all_orders, min(n_estimators, len(all_orders)))
     return [rng.sample(identity, n_features) for _ in range(n_estimators)]
 
 
-def class_patterns(n_classes: int, class_shift: bool, n_estimators: int) -> list[list[int]]:
+def class_patterns(n_classes: int, class_shift: bool, n_estimators: int) -> Sequence[list[int]]:
     """All circular shifts of the class ids when ``class_shift`` (else only the identity)."""
     if not class_shift or n_estimators == 1:
         return [list(range(n_classes))]
@@ -128,13 +155,21 @@ def build_ensemble(
         raise ValueError("norm_methods must name at least one normalisation method.")
     orders = feature_orders(n_features, feat_shuffle, n_estimators, random_state)
     patterns = class_patterns(n_classes, class_shift, n_estimators)
-    shuffle_configs = list(itertools.product(orders, patterns))
+    # Every (order, pattern) pair in random order, then crossed with the methods: consecutive members share a
+    # pair under different normalisations. Index pairs keep this cheap; only chosen orders are materialised.
+    shuffle_configs = list(itertools.product(range(len(orders)), range(len(patterns))))
     random.Random(random_state).shuffle(shuffle_configs)
-    chosen = list(itertools.product(shuffle_configs, list(norm_methods)))[:n_estimators]
-    members = [
-        EnsembleMember(norm, np.asarray(order, dtype=np.int64), np.asarray(pattern, dtype=np.int64))
-        for (order, pattern), norm in chosen
-    ]
+    norm_methods = list(norm_methods)
+    members = []
+    for index in range(min(n_estimators, len(shuffle_configs) * len(norm_methods))):
+        order_index, pattern_index = shuffle_configs[index // len(norm_methods)]
+        members.append(
+            EnsembleMember(
+                norm_methods[index % len(norm_methods)],
+                np.asarray(orders[order_index], dtype=np.int64),
+                np.asarray(patterns[pattern_index], dtype=np.int64),
+            )
+        )
     # Members sharing a normalisation method are processed together; order within a method is kept.
     method_rank = {method: rank for rank, method in enumerate(dict.fromkeys(m.norm_method for m in members))}
     return sorted(members, key=lambda member: method_rank[member.norm_method])

@@ -69,6 +69,9 @@ class PriorConfig:
     feature_clip: float = 100.0
     permute_features: bool = True
     class_assignments: tuple[str, ...] = CLASS_ASSIGNMENTS
+    # Every class always occurs in the train part; with this flag also in the test part (as TabICL's sanity check),
+    # except when the test part has fewer rows than classes. Tables with a single-row class are then redrawn.
+    classes_in_test: bool = True
     # Probability of keeping the natural (ordinal) order of classes instead of a random permutation.
     ordered_classes_prob: float = 0.0
     # Missing values: OFF by default because the pretraining networks do not take NaN inputs.

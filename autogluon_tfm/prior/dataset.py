@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from typing import Union
 
 import numpy as np
 import torch
@@ -14,7 +13,7 @@ from autogluon_tfm.prior.config import PriorConfig, get_prior_config
 from autogluon_tfm.prior.sampler import PriorBatch, PriorSampler
 
 # n_rows for a batch: a fixed int, a (min_rows, max_rows) log-uniform range, or a function of the global batch index.
-Curriculum = Union[int, tuple[int, int], Callable[[int], int]]
+Curriculum = int | tuple[int, int] | Callable[[int], int]
 
 # (largest n_rows, feature cap) pairs: long tables get fewer features to bound memory (TabICL's schedule).
 _FEATURE_CAPS_BY_ROWS: tuple[tuple[int, int], ...] = (
@@ -102,7 +101,9 @@ class PriorIterableDataset(IterableDataset):
             raise ValueError(f"max_features must be >= 1, got {max_features}")
         if isinstance(curriculum, tuple):
             if len(curriculum) != 2 or not 3 <= curriculum[0] <= curriculum[1]:
-                raise ValueError(f"curriculum range must be (min_rows, max_rows) with 3 <= min <= max, got {curriculum}")
+                raise ValueError(
+                    f"curriculum range must be (min_rows, max_rows) with 3 <= min <= max, got {curriculum}"
+                )
         elif isinstance(curriculum, int):
             if curriculum < 3:
                 raise ValueError(f"curriculum (n_rows) must be >= 3, got {curriculum}")

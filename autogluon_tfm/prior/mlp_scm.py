@@ -76,9 +76,7 @@ def sample_mlp_scm_params(rng: PriorRandom, n_features: int, config: PriorConfig
     )
 
 
-def _random_weight(
-    rng: PriorRandom, n_out: int, n_in: int, params: MLPSCMParams, is_first_layer: bool
-) -> torch.Tensor:
+def _random_weight(rng: PriorRandom, n_out: int, n_in: int, params: MLPSCMParams, is_first_layer: bool) -> torch.Tensor:
     """A sparse random weight matrix whose std is rescaled so that sparsity does not shrink activations."""
     if params.block_dropout:
         # Block-diagonal sparsity: a few independent groups of neurons (rows/columns beyond the last full block

@@ -3,7 +3,7 @@
 Features: random categorical conversion of some columns -> robust outlier clipping -> removal of constant columns
 -> standardization (clipped to +-feature_clip) -> random column permutation (-> optional missing values).
 Target: robust outlier clipping -> standardization -> (classification) random class boundaries, dense class ids,
-random class permutation, and a row swap that guarantees every class appears in the train part.
+random class permutation, and row swaps that guarantee every class appears in the train part (and in the test part).
 
 Statistics are computed in float64 because raw SCM outputs can reach ~1e15 (exp activations), whose squares
 overflow float32.
@@ -123,30 +123,56 @@ def assign_classes(y: torch.Tensor, n_classes: int, rng: PriorRandom, config: Pr
     return shuffle_codes(codes, n_present, rng, config.ordered_classes_prob), n_present
 
 
-def order_rows_with_all_classes_in_train(labels: torch.Tensor, n_train: int, rng: PriorRandom) -> torch.Tensor | None:
-    """A row order in which each class present in ``labels`` occurs among the first ``n_train`` rows.
+def _swap_in_missing_classes(
+    current: torch.Tensor, order: torch.Tensor, part: slice, other: slice, keep_other_complete: bool, rng: PriorRandom
+) -> bool:
+    """In place: for each class absent from rows ``part``, swap one of its rows from ``other`` with a ``part`` row
+    whose class occurs there at least twice. With ``keep_other_complete`` only take a row from ``other`` if its
+    class occurs there at least twice. Returns False when some class cannot be brought in."""
+    n_classes = int(current.max()) + 1
+    part_start, other_start = part.start, other.start
+    part_counts = torch.bincount(current[part], minlength=n_classes)
+    other_counts = torch.bincount(current[other], minlength=n_classes)
+    for missing_class in (part_counts == 0).nonzero().flatten().tolist():
+        if keep_other_complete and other_counts[missing_class] < 2:
+            return False
+        source_rows = other_start + (current[other] == missing_class).nonzero().flatten()
+        donor_rows = part_start + (part_counts[current[part]] >= 2).nonzero().flatten()
+        if source_rows.numel() == 0 or donor_rows.numel() == 0:
+            return False
+        source = int(source_rows[rng.integer(0, source_rows.numel() - 1)])
+        donor = int(donor_rows[rng.integer(0, donor_rows.numel() - 1)])
+        donor_class = int(current[donor])
+        part_counts[donor_class] -= 1
+        part_counts[missing_class] += 1
+        other_counts[missing_class] -= 1
+        other_counts[donor_class] += 1
+        order[[donor, source]] = order[[source, donor]]
+        current[[donor, source]] = current[[source, donor]]
+    return True
 
-    Rows are i.i.d., so the identity order is already a random split; for each class missing from the train part,
-    one of its test rows is swapped with a random train row of a class that occurs at least twice there.
-    Returns ``None`` when impossible (more classes than train rows).
+
+def order_rows_for_split(
+    labels: torch.Tensor, n_train: int, rng: PriorRandom, classes_in_test: bool
+) -> torch.Tensor | None:
+    """A row order in which every class of ``labels`` occurs among the first ``n_train`` rows and, if
+    ``classes_in_test``, also among the remaining rows.
+
+    Rows are i.i.d., so the identity order already is a random split; missing classes are brought in by swapping
+    single rows. Returns ``None`` when impossible (more classes than rows in a part, or, with ``classes_in_test``,
+    a class with a single row).
     """
+    n_rows = labels.shape[0]
     n_classes = int(labels.max()) + 1
-    if n_classes > n_train:
+    if n_classes > n_train or (classes_in_test and n_classes > n_rows - n_train):
         return None
-    order = torch.arange(labels.shape[0])
+    order = torch.arange(n_rows)
     current = labels.clone()
-    train_counts = torch.bincount(current[:n_train], minlength=n_classes)
-    for missing_class in (train_counts == 0).nonzero().flatten().tolist():
-        test_rows = n_train + (current[n_train:] == missing_class).nonzero().flatten()
-        donor_rows = (train_counts[current[:n_train]] >= 2).nonzero().flatten()
-        if test_rows.numel() == 0 or donor_rows.numel() == 0:
-            return None
-        test_row = int(test_rows[rng.integer(0, test_rows.numel() - 1)])
-        donor_row = int(donor_rows[rng.integer(0, donor_rows.numel() - 1)])
-        train_counts[current[donor_row]] -= 1
-        train_counts[missing_class] += 1
-        order[[donor_row, test_row]] = order[[test_row, donor_row]]
-        current[[donor_row, test_row]] = current[[test_row, donor_row]]
+    train_part, test_part = slice(0, n_train), slice(n_train, n_rows)
+    if not _swap_in_missing_classes(current, order, train_part, test_part, False, rng):
+        return None
+    if classes_in_test and not _swap_in_missing_classes(current, order, test_part, train_part, True, rng):
+        return None
     return order
 
 
@@ -162,7 +188,7 @@ def postprocess_table(
     X: torch.Tensor, y: torch.Tensor, n_train: int, n_classes: int, rng: PriorRandom, config: PriorConfig
 ) -> ProcessedTable | None:
     """Clean one raw SCM table ``X (T, d), y (T,)``; ``None`` if it is unusable (non-finite values, no varying
-    feature, constant target, or fewer than 2 classes / a class that cannot be put in the train part)."""
+    feature, constant target, or class bins that cannot be split as required, see :func:`order_rows_for_split`)."""
     if X.ndim != 2 or y.ndim != 1 or X.shape[0] != y.shape[0]:
         raise ValueError(f"expected X (T, d) and y (T,), got {tuple(X.shape)} and {tuple(y.shape)}")
     if not 1 <= n_train < X.shape[0]:
@@ -186,15 +212,17 @@ def postprocess_table(
     if config.task == "regression":
         return ProcessedTable(inject_missing_values(features, rng, config).float(), target.float(), 0)
 
-    # Redrawing boundaries is much cheaper than redrawing the whole SCM when all rows fall into one bin.
+    # Redrawing boundaries is much cheaper than redrawing the whole SCM when the bins are unusable.
     for _ in range(_CLASS_ASSIGNMENT_TRIES):
         labels, n_present = assign_classes(target, n_classes, rng, config)
-        if n_present >= 2:
+        if n_present < 2:
+            continue
+        # The test part only has to hold every class when it has room for all of them (tiny tables).
+        classes_in_test = config.classes_in_test and n_present <= X.shape[0] - n_train
+        order = order_rows_for_split(labels, n_train, rng, classes_in_test)
+        if order is not None:
             break
     else:
-        return None
-    order = order_rows_with_all_classes_in_train(labels, n_train, rng)
-    if order is None:
         return None
     features, labels = features[order], labels[order]
     return ProcessedTable(inject_missing_values(features, rng, config).float(), labels.float(), n_present)

@@ -55,7 +55,11 @@ class PriorBatch:
     def pin_memory(self) -> PriorBatch:
         """Called by ``DataLoader(pin_memory=True)``."""
         return PriorBatch(
-            self.X.pin_memory(), self.y.pin_memory(), self.n_train, self.d.pin_memory(), self.n_classes.pin_memory(),
+            self.X.pin_memory(),
+            self.y.pin_memory(),
+            self.n_train,
+            self.d.pin_memory(),
+            self.n_classes.pin_memory(),
             self.kinds,
         )
 
