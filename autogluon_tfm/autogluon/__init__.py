@@ -1,24 +1,9 @@
-"""AutoGluon integration: thin ``AbstractModel`` adapters around the estimators, plus registry glue.
-
-``TabICLModel`` / ``TFMBaseModel`` import AutoGluon, so they are loaded on first access; ``register`` /
-``unregister`` only import AutoGluon when called.
-"""
+"""AutoGluon integration: thin ``AbstractModel`` adapters around the estimators, plus registry glue."""
 
 from __future__ import annotations
 
-from autogluon_tfm.autogluon.registry import register, register_on_import, unregister
+from autogluon_tfm.autogluon.base import TFMBaseModel
+from autogluon_tfm.autogluon.registry import register, unregister
+from autogluon_tfm.autogluon.tabicl import TabICLModel
 
-__all__ = ["TFMBaseModel", "TabICLModel", "register", "register_on_import", "unregister"]
-
-_LAZY = {
-    "TFMBaseModel": "autogluon_tfm.autogluon.base",
-    "TabICLModel": "autogluon_tfm.autogluon.tabicl",
-}
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'autogluon_tfm.autogluon' has no attribute {name!r}")
+__all__ = ["TFMBaseModel", "TabICLModel", "register", "unregister"]

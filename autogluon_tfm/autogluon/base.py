@@ -196,17 +196,7 @@ class TFMBaseModel(AbstractTorchModel):
     def _set_device(self, device: str) -> None:
         """Move the fitted estimator (and its network) to ``device``; AutoGluon calls this with "cpu" before saving
         and with the best available device after loading."""
-        estimator = self.model
-        if callable(getattr(estimator, "to", None)):
-            estimator.to(device)
-        else:
-            # The estimator has no `to()` (yet): re-point its resolved device; it moves its network to `device_`
-            # before every prediction, and pickling always stores the network on CPU.
-            from autogluon_tfm.inference.classifier import resolve_device, resolve_precision
-
-            estimator.set_params(device=device)
-            estimator.device_ = resolve_device(device)
-            estimator.precision_ = resolve_precision(estimator.precision, estimator.device_)
+        self.model.to(device)
         self._fit_device = self.to_torch_device(device).type
 
     # ------------------------------------------------------------------------------------------------ memory
@@ -241,9 +231,3 @@ class TFMBaseModel(AbstractTorchModel):
     def _more_tags(self) -> dict:
         # In-context models simply use all rows as context when refit on the full data.
         return {"can_refit_full": True}
-
-
-# Last line on purpose: completes a registration deferred while this module was half-imported (see registry.py).
-from autogluon_tfm.autogluon.registry import register_when_ready  # noqa: E402
-
-register_when_ready(finished_module=__name__)

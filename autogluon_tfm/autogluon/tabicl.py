@@ -27,8 +27,3 @@ class TabICLModel(TFMBaseModel):
     estimator_model_name = "tabicl"
     network_bytes_estimate = 120 * 1024**2  # official TabICL classifier: ~27M fp32 parameters + buffers
 
-
-# Last line on purpose: completes a registration deferred while this module was half-imported (see registry.py).
-from autogluon_tfm.autogluon.registry import register_when_ready  # noqa: E402
-
-register_when_ready(finished_module=__name__)

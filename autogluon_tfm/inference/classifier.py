@@ -418,6 +418,15 @@ class TFMClassifier(ClassifierMixin, BaseEstimator):
                 progress.update(1)
         return np.concatenate(outputs, axis=1)
 
+    def to(self, device: str | torch.device) -> TFMClassifier:
+        """Move the fitted estimator to ``device`` (e.g. "cpu" before saving, "cuda" after loading)."""
+        check_is_fitted(self, "network_")
+        self.device = str(device)
+        self.device_ = resolve_device(device)
+        self.precision_ = resolve_precision(self.precision, self.device_)
+        self.network_.to(self.device_)
+        return self
+
     def _network_on_device(self) -> torch.nn.Module:
         # The network may have been moved to CPU by pickling (``__getstate__``); move it back.
         return self.network_.to(self.device_)

@@ -140,6 +140,10 @@ def pretrain(cfg: PretrainConfig) -> Path:
         prefetch_factor=4 if cfg.num_workers > 0 else None, persistent_workers=False,
     )
     log_path = out / "log.csv"
+    if log_path.exists():  # drop rows logged after the checkpoint we resumed from (they will be redone)
+        lines = log_path.read_text().splitlines()
+        kept = [lines[0]] + [ln for ln in lines[1:] if int(ln.split(",", 1)[0]) <= state["step"]]
+        log_path.write_text("\n".join(kept) + "\n")
     new_log = not log_path.exists()
     log_file = log_path.open("a", newline="")
     log = csv.writer(log_file)
