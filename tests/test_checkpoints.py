@@ -96,3 +96,15 @@ def test_unknown_checkpoint_and_bad_files(tmp_path):
         load_network(bad)
     with pytest.raises(ValueError, match="task"):
         resolve_checkpoint("tabicl", "clustering")
+
+
+@pytest.mark.parametrize("arch", ["tabicl", "tabpfn_v2", "mitra"])
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_every_architecture_round_trips_through_project_format(tmp_path, arch, task):
+    net = make_tiny_network(arch, task, seed=1)
+    loaded = load_network(save_network(net, tmp_path / f"{arch}-{task}"))
+    assert loaded.arch == arch and loaded.config == net.config
+    X = torch.randn(1, 25, 4, generator=torch.Generator().manual_seed(0))
+    y = (torch.arange(15) % 3).float()[None] if task == "classification" else torch.randn(1, 15)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(X, y), net(X, y), rtol=0, atol=0)

@@ -14,6 +14,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from autogluon_tfm.checkpoints.mitra import is_mitra_dir, load_mitra_dir
+from autogluon_tfm.checkpoints.tabpfn_v2 import is_tabpfn_v2_checkpoint, tabpfn_v2_from_checkpoint
 from autogluon_tfm.nn import ARCHITECTURES
 
 logger = logging.getLogger(__name__)
@@ -43,6 +45,15 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
         embed_dim=16, col_num_blocks=1, col_nhead=2, col_num_inds=4, row_num_blocks=2, row_nhead=2, row_num_cls=2,
         icl_num_blocks=1, icl_nhead=2, ff_factor=2, num_quantiles=9,
     ),
+    "tabpfn_v2": dict(embed_dim=16, nhead=2, num_blocks=2, ff_factor=2, num_buckets=32),
+    "mitra": dict(dim=16, n_layers=2, n_heads=2),
+}
+
+# How each architecture's constructor spells "this is a regression network".
+REGRESSION_OVERRIDES: dict[str, dict[str, Any]] = {
+    "tabicl": dict(max_classes=0),
+    "tabpfn_v2": dict(max_classes=0),
+    "mitra": dict(task="regression", dim_output=1),
 }
 
 
@@ -113,8 +124,15 @@ def _split_packed_attention(state_dict: dict[str, torch.Tensor]) -> dict[str, to
     return out
 
 
-def _load_official_tabicl(path: Path) -> nn.Module:
+def _load_official(path: Path) -> nn.Module:
+    """An official ``.ckpt`` (loaded once, never unpickling code): TabPFN v2 if it looks like one, else tabicl."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if is_tabpfn_v2_checkpoint(ckpt):
+        return tabpfn_v2_from_checkpoint(ckpt)
+    return _load_official_tabicl(path, ckpt)
+
+
+def _load_official_tabicl(path: Path, ckpt: Any) -> nn.Module:
     if not isinstance(ckpt, dict) or "config" not in ckpt or "state_dict" not in ckpt:
         raise ValueError(f"{path} is not a tabicl checkpoint (expected a dict with 'config' and 'state_dict')")
     net = _build("tabicl", dict(ckpt["config"]))
@@ -161,11 +179,13 @@ def load_network(path_or_name: str | Path, device: str | torch.device = "cpu") -
     """Load a network in eval mode from a path, a shipped weights name or a cached official file name."""
     path = _find(path_or_name)
     if path.is_dir():
-        raise ValueError(f"{path} is a directory; pass the checkpoint file inside it")
-    if path.suffix == ".safetensors":
+        if not is_mitra_dir(path):
+            raise ValueError(f"{path} is a directory but not an official Mitra one; pass the checkpoint file inside it")
+        net = load_mitra_dir(path)
+    elif path.suffix == ".safetensors":
         net = _load_safetensors(path)
     else:
-        net = _load_official_tabicl(path)
+        net = _load_official(path)
     return net.to(device).eval()
 
 
@@ -194,7 +214,7 @@ def make_tiny_network(arch: str = "tabicl", task: str = "classification", seed: 
     """A randomly initialised tiny network for fast tests (eval mode, CPU)."""
     config = dict(TINY_CONFIGS[arch])
     if task == "regression":
-        config["max_classes"] = 0
+        config.update(REGRESSION_OVERRIDES[arch])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = _build(arch, config)

@@ -118,11 +118,14 @@ class MultiheadAttention(nn.Module):
         key_value: Tensor,
         rope: RotaryEmbedding | None = None,
         key_padding_mask: Tensor | None = None,
+        multiquery_from: int | None = None,
     ) -> Tensor:
         """``query`` (..., Lq, dim), ``key_value`` (..., Lk, dim); ``key_padding_mask`` (..., Lk), True = ignore.
 
         ``query`` may have fewer leading dimensions than ``key_value`` (e.g. shared inducing points): it is projected
-        once and broadcast.
+        once and broadcast. With ``multiquery_from=m`` the queries at positions ``>= m`` attend with the first head's
+        keys/values, shared by all heads (multi-query attention of TabPFN v2's test rows); queries before ``m`` use
+        every head's own keys/values.
         """
         batch_shape = key_value.shape[:-2]
         n_queries, n_keys = query.shape[-2], key_value.shape[-2]
@@ -137,9 +140,28 @@ class MultiheadAttention(nn.Module):
         mask = None
         if key_padding_mask is not None:
             mask = ~key_padding_mask.reshape(-1, 1, 1, n_keys)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        if multiquery_from is None or multiquery_from >= n_queries:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        elif multiquery_from <= 0:
+            out = self._first_head_kv_attention(q, k, v, mask)
+        else:
+            out = torch.cat(
+                [
+                    F.scaled_dot_product_attention(q[:, :, :multiquery_from], k, v, attn_mask=mask),
+                    self._first_head_kv_attention(q[:, :, multiquery_from:], k, v, mask),
+                ],
+                dim=2,
+            )
         out = out.transpose(1, 2).reshape(*batch_shape, n_queries, self.dim)
         return self.out_proj(out)
+
+    @staticmethod
+    def _first_head_kv_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        """All query heads attend to head 0's keys/values: the heads are folded into the query axis of one head."""
+        n, heads, length, head_dim = q.shape
+        folded = q.reshape(n, 1, heads * length, head_dim)
+        out = F.scaled_dot_product_attention(folded, k[:, :1], v[:, :1], attn_mask=mask)
+        return out.reshape(n, heads, length, head_dim)
 
 
 class AttentionBlock(nn.Module):
@@ -147,7 +169,8 @@ class AttentionBlock(nn.Module):
 
     ``forward(x)`` is self-attention; ``forward(x, key_value)`` is cross-attention (the same ``norm1`` normalises
     queries and keys, as in TabICL); ``forward(x, n_keys=n)`` lets every token attend only to the first ``n`` tokens
-    (in-context learning: all rows attend to the training rows).
+    (in-context learning: all rows attend to the training rows); ``multiquery_from`` is passed to the attention
+    (tokens from that position on read the first head's keys/values only).
     """
 
     def __init__(
@@ -188,18 +211,20 @@ class AttentionBlock(nn.Module):
         n_keys: int | None = None,
         rope: RotaryEmbedding | None = None,
         key_padding_mask: Tensor | None = None,
+        multiquery_from: int | None = None,
     ) -> Tensor:
+        attn_kwargs = dict(rope=rope, key_padding_mask=key_padding_mask, multiquery_from=multiquery_from)
         if self.norm_first:
             xn = self.norm1(x)
             if key_value is not None:
                 kvn = self.norm1(key_value)
             else:
                 kvn = xn if n_keys is None else xn[..., :n_keys, :]
-            x = x + self.dropout(self.attn(xn, kvn, rope=rope, key_padding_mask=key_padding_mask))
+            x = x + self.dropout(self.attn(xn, kvn, **attn_kwargs))
             return x + self._ff(self.norm2(x))
         if key_value is None:
             key_value = x if n_keys is None else x[..., :n_keys, :]
-        x = self.norm1(x + self.dropout(self.attn(x, key_value, rope=rope, key_padding_mask=key_padding_mask)))
+        x = self.norm1(x + self.dropout(self.attn(x, key_value, **attn_kwargs)))
         return self.norm2(x + self._ff(x))
 
 

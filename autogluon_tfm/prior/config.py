@@ -78,6 +78,10 @@ class PriorConfig:
     nan_prob: float = 0.0
     max_nan_fraction: float = 0.3
 
+    # ---- learnability filter (classification): keep a table only if extra-trees beat the majority class on its
+    # test part by at least `min_learnability_gain`; unlearnable tables are still kept with `keep_unlearnable_prob`.
+    min_learnability_gain: float | None = None
+    keep_unlearnable_prob: float = 0.1
     # ---- batch layout
     # False: X is zero-padded to the largest d in the batch; True: to sample_batch's max_features.
     pad_to_max_features: bool = False
@@ -141,6 +145,7 @@ PRIOR_CONFIGS: dict[str, PriorConfig] = {
     "tabicl_mix": PriorConfig(name="tabicl_mix", p_tree=0.3),
     "scm_only": PriorConfig(name="scm_only", p_tree=0.0),
     "tree_only": PriorConfig(name="tree_only", p_tree=1.0),
+    "tabicl_mix_learnable": PriorConfig(name="tabicl_mix_learnable", p_tree=0.3, min_learnability_gain=0.02),
     "tabicl_mix_regression": PriorConfig(name="tabicl_mix_regression", p_tree=0.3, task="regression"),
 }
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from autogluon_tfm.prior.config import PriorConfig, get_prior_config
+from autogluon_tfm.prior.filters import learnability_gain
 from autogluon_tfm.prior.mlp_scm import generate_mlp_scm_table
 from autogluon_tfm.prior.random_utils import PriorRandom
 from autogluon_tfm.prior.reg2cls import ProcessedTable, postprocess_table
@@ -101,12 +102,20 @@ class PriorSampler:
         for _ in range(self.config.max_attempts):
             X, y = generate(self.rng, n_rows, n_features, self.config)
             table = postprocess_table(X, y, n_train, n_classes, self.rng, self.config)
-            if table is not None:
+            if table is not None and self._learnable(table, n_train):
                 return table
         raise RuntimeError(
             f"{kind} produced no usable table in {self.config.max_attempts} attempts "
             f"(n_rows={n_rows}, n_train={n_train}, n_features={n_features}, n_classes={n_classes})"
         )
+
+    def _learnable(self, table: ProcessedTable, n_train: int) -> bool:
+        threshold = self.config.min_learnability_gain
+        if threshold is None or self.config.task != "classification" or self.rng.bernoulli(
+            self.config.keep_unlearnable_prob
+        ):
+            return True
+        return learnability_gain(table.X, table.y, n_train, seed=self.rng.child_seed() % 2**31) >= threshold
 
     @torch.no_grad()
     def sample_batch(
