@@ -145,7 +145,7 @@ PRIOR_CONFIGS: dict[str, PriorConfig] = {
     "tabicl_mix": PriorConfig(name="tabicl_mix", p_tree=0.3),
     "scm_only": PriorConfig(name="scm_only", p_tree=0.0),
     "tree_only": PriorConfig(name="tree_only", p_tree=1.0),
-    "tabicl_mix_learnable": PriorConfig(name="tabicl_mix_learnable", p_tree=0.3, min_learnability_gain=0.02),
+    "tabicl_mix_learnable": PriorConfig(name="tabicl_mix_learnable", p_tree=0.3, min_learnability_gain=0.05),
     "tabicl_mix_regression": PriorConfig(name="tabicl_mix_regression", p_tree=0.3, task="regression"),
 }
 
