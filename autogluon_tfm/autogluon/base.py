@@ -65,8 +65,9 @@ class TFMBaseModel(AbstractTorchModel):
     #: Width of the per-cell embedding that dominates activation memory (see `_estimate_memory_usage_static`).
     embedding_dim_estimate: int = 128
 
-    # In-context inference attends over the whole training set for every prediction: much slower on CPU.
-    gpu_strongly_recommended: bool = True
+    # The shipped networks are small and built for CPU use; AutoGluon's "GPU strongly recommended" warning (meant
+    # for full-size official checkpoints) would mislead here. A GPU is still used by default when present.
+    gpu_strongly_recommended: bool = False
     seed_name = "random_state"
     default_num_gpus = 1
     default_resources_physical_cores_only = True
