@@ -10,8 +10,8 @@ __version__ = "0.1.0"
 
 from autogluon_tfm.autogluon import TabICLModel, register, unregister
 from autogluon_tfm.checkpoints import load_network
-from autogluon_tfm.inference import TFMClassifier
+from autogluon_tfm.inference import TFMClassifier, TFMRegressor
 
-__all__ = ["TFMClassifier", "TabICLModel", "load_network", "register", "unregister", "__version__"]
+__all__ = ["TFMClassifier", "TFMRegressor", "TabICLModel", "load_network", "register", "unregister", "__version__"]
 
 register()

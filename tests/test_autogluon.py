@@ -156,7 +156,7 @@ def test_bad_hyperparameters_raise_clear_value_error(hyperparameters, message):
 
 
 def test_class_declarations():
-    assert TabICLModel.supported_problem_types() == ["binary", "multiclass"]
+    assert TabICLModel.supported_problem_types() == ["binary", "multiclass", "regression", "quantile"]
     assert TabICLModel.seed_name == "random_state"
     assert TabICLModel.default_num_gpus == 1
     ensemble_args = TabICLModel._get_default_ag_args_ensemble()
@@ -198,13 +198,17 @@ def test_torch_num_threads_sets_and_restores():
 # ------------------------------------------------------------------------------------------ AutoGluon fits (slow)
 @pytest.mark.slow
 def test_verify_model_with_fit_helper(tiny_checkpoint, tmp_path, monkeypatch):
-    """AutoGluon's own model checklist: binary + multiclass toy fits, 2-fold bag, refit_full, seeds, global state."""
+    """AutoGluon's own model checklist: binary + multiclass toy fits, 2-fold bag, refit_full, seeds, global state.
+
+    Regression and quantile problems are checked in test_autogluon_regression.py (they need a regression network).
+    """
     from autogluon.tabular.testing import FitHelper
 
     monkeypatch.chdir(tmp_path)  # FitHelper writes ./datasets/...
     FitHelper.verify_model(
         model_cls=TabICLModel,
         model_hyperparameters={"n_estimators": 2, "checkpoint": tiny_checkpoint},
+        problem_types=["binary", "multiclass"],
         verify_load_wo_cuda=True,
     )
 

@@ -20,6 +20,10 @@ from autogluon.tabular.models.abstract.abstract_torch_model import AbstractTorch
 
 logger = logging.getLogger(__name__)
 
+# Finetuning may use this share of the time AutoGluon gives a fit; the rest covers encoding and AutoGluon's own
+# validation prediction after the fit.
+_FINE_TUNE_TIME_SHARE = 0.9
+
 # Hyperparameters the adapter decides itself; a user value would silently fight AutoGluon's resource handling.
 _ADAPTER_OWNED_PARAMS = {
     "device": "the device follows the GPUs AutoGluon allocates; use `ag.num_gpus` (0 = CPU) instead",
@@ -46,16 +50,56 @@ def torch_num_threads(num_threads: int | None) -> Iterator[None]:
             torch.set_num_threads(threads_before)
 
 
-class TFMBaseModel(AbstractTorchModel):
-    """AutoGluon model wrapping an ``autogluon_tfm`` estimator (:class:`autogluon_tfm.TFMClassifier`).
+class _ForwardToLogger(logging.Handler):
+    """Re-emit records through another logger (its level and handlers decide whether they are shown)."""
 
-    Hyperparameters are the estimator's constructor arguments (``checkpoint``, ``n_estimators``, ``norm_methods``,
-    ``softmax_temperature``, ``batch_size``, ``precision``, ...). ``checkpoint`` takes ``"default"``, a shipped
-    weights name or a path to a checkpoint file. ``random_state`` is AutoGluon's seed (per fold in bags). ``device``
-    is not a hyperparameter: any GPU share AutoGluon allocates (``ag.num_gpus``) means ``"cuda"``, else ``"cpu"``.
+    def __init__(self, target: logging.Logger) -> None:
+        super().__init__()
+        self.target = target
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.target.isEnabledFor(record.levelno):
+            self.target.handle(record)
+
+
+@contextmanager
+def forward_logs_to_autogluon(logger_name: str) -> Iterator[None]:
+    """While the block runs, show ``logger_name``'s records through AutoGluon's logger, so that they follow the
+    predictor's ``verbosity`` (INFO at verbosity >= 2) like AutoGluon's own model logs."""
+    source = logging.getLogger(logger_name)
+    handler = _ForwardToLogger(logging.getLogger("autogluon"))
+    level_before = source.level
+    source.addHandler(handler)
+    if source.getEffectiveLevel() > logging.INFO:
+        source.setLevel(logging.INFO)  # let INFO records reach the handler; AutoGluon's level filters them
+    try:
+        yield
+    finally:
+        source.removeHandler(handler)
+        source.setLevel(level_before)
+
+
+class TFMBaseModel(AbstractTorchModel):
+    """AutoGluon model wrapping an ``autogluon_tfm`` estimator: :class:`autogluon_tfm.TFMClassifier` for binary and
+    multiclass problems, :class:`autogluon_tfm.TFMRegressor` for regression and quantile problems.
+
+    Hyperparameters are the estimators' constructor arguments (``checkpoint``, ``n_estimators``, ``norm_methods``,
+    ``softmax_temperature``, ``batch_size``, ``precision``, ...); one hyperparameter dict serves every problem type:
+    arguments that only one estimator has (``softmax_temperature``, ``class_shift``, ``average_logits`` are
+    classification-only) are ignored for the other. ``checkpoint`` takes ``"default"`` (resolved per task), a
+    shipped weights name, a path, or a dict ``{"classification": ..., "regression": ...}`` (a missing task means
+    ``"default"``); an explicit checkpoint must hold a network of this model for the problem's task, otherwise the
+    fit fails with a clear error. ``random_state`` is AutoGluon's seed (per fold in bags). ``device`` is not a
+    hyperparameter: any GPU share AutoGluon allocates (``ag.num_gpus``) means ``"cuda"``, else ``"cpu"``.
 
     The fitted estimator keeps its (small) network inside, so a saved predictor predicts in a fresh process without
     network access; saving always moves the network to CPU first.
+
+    Finetuning (classification: ``fine_tune="full" | "lora"`` with ``fine_tune_steps``, ``learning_rate``,
+    ``lora_*``): the fit early-stops on AutoGluon's validation rows (``X_val``, the out-of-fold rows in a bag) within
+    AutoGluon's ``time_limit`` and records the step it kept as the trained ``fine_tune_steps``; fits without
+    validation rows (``refit_full``, the refit of ``refit_folds``) train that many steps without early stopping, as
+    AutoGluon does for its other early-stopped models.
     """
 
     #: ``model=`` argument of the estimator, i.e. the network architecture (set by each subclass).
@@ -71,8 +115,9 @@ class TFMBaseModel(AbstractTorchModel):
     seed_name = "random_state"
     default_num_gpus = 1
     default_resources_physical_cores_only = True
-    # Regression (TFMRegressor) comes later; quantile regression after that.
-    _supported_problem_types = ["binary", "multiclass"]
+    # Quantile problems need a distributional regression head; a model whose head predicts one value (Mitra)
+    # drops "quantile" in its subclass.
+    _supported_problem_types = ["binary", "multiclass", "regression", "quantile"]
     _default_auxiliary_params_extra = {
         "max_rows": 100_000,
         "max_features": 2_000,
@@ -99,16 +144,26 @@ class TFMBaseModel(AbstractTorchModel):
         for name, value in default_params.items():
             self._set_default_param_value(name, value)
 
+    def _task(self) -> str:
+        """``"classification"`` or ``"regression"``: the kind of network this model's problem type needs."""
+        if self.problem_type not in self._supported_problem_types:
+            raise ValueError(
+                f"{type(self).__name__} does not support problem_type={self.problem_type!r}; "
+                f"supported: {self._supported_problem_types}"
+            )
+        return "classification" if self.problem_type in ("binary", "multiclass") else "regression"
+
     def _get_estimator_cls(self) -> type:
         """The estimator class for this model's problem type."""
-        if self.problem_type in ("binary", "multiclass"):
-            from autogluon_tfm.inference import TFMClassifier
+        from autogluon_tfm.inference import TFMClassifier, TFMRegressor
 
-            return TFMClassifier
-        raise ValueError(
-            f"{type(self).__name__} does not support problem_type={self.problem_type!r}; "
-            f"supported: {self._supported_problem_types}"
-        )
+        return TFMClassifier if self._task() == "classification" else TFMRegressor
+
+    @staticmethod
+    def _estimator_param_names() -> set[str]:
+        from autogluon_tfm.inference import TFMClassifier, TFMRegressor
+
+        return set(TFMClassifier._get_param_names()) | set(TFMRegressor._get_param_names())
 
     def _get_estimator_kwargs(self, device: str) -> dict[str, Any]:
         """Translate this model's hyperparameters into estimator constructor arguments (params are not mutated)."""
@@ -125,14 +180,38 @@ class TFMBaseModel(AbstractTorchModel):
                 f"{type(self).__name__} always runs model={self.estimator_model_name!r}, got model={model_name!r}; "
                 f"use the AutoGluon model class of that architecture instead."
             )
-        valid_names = set(estimator_cls._get_param_names())
-        unknown = sorted(set(kwargs) - valid_names)
+        known_names = self._estimator_param_names()
+        unknown = sorted(set(kwargs) - known_names)
         if unknown:
-            valid = sorted(valid_names - {"model", *_ADAPTER_OWNED_PARAMS})
+            valid = sorted(known_names - {"model", *_ADAPTER_OWNED_PARAMS})
             raise ValueError(f"Unknown hyperparameter(s) for {type(self).__name__}: {unknown}. Valid: {valid}")
+        # One hyperparameter dict serves every problem type: drop what this task's estimator does not take.
+        task_names = set(estimator_cls._get_param_names())
+        ignored = sorted(set(kwargs) - task_names)
+        if ignored:
+            logger.info("%s: hyperparameters %s do not apply to %s; ignored", self.name, ignored, self.problem_type)
+            if kwargs.get("fine_tune") is not None and "fine_tune" in ignored:
+                logger.warning(
+                    "%s: fine_tune=%r is ignored for problem_type=%r (the %s estimator has no finetuning); the model "
+                    "predicts in context only.", self.name, kwargs["fine_tune"], self.problem_type,
+                    estimator_cls.__name__,
+                )
+        kwargs = {name: value for name, value in kwargs.items() if name in task_names}
+        if isinstance(kwargs.get("checkpoint"), dict):
+            kwargs["checkpoint"] = self._checkpoint_for_task(kwargs["checkpoint"])
         kwargs["model"] = self.estimator_model_name
         kwargs["device"] = device
         return kwargs
+
+    def _checkpoint_for_task(self, checkpoints: dict) -> Any:
+        """``{"classification": ..., "regression": ...}`` -> the entry for this problem's task (``"default"`` if
+        absent)."""
+        unknown = sorted(set(checkpoints) - {"classification", "regression"})
+        if unknown:
+            raise ValueError(
+                f"checkpoint dict keys must be 'classification' and/or 'regression', got unknown keys {unknown}."
+            )
+        return checkpoints.get(self._task(), "default")
 
     # ---------------------------------------------------------------------------------------- preprocessing
     def _preprocess(self, X: pd.DataFrame, is_train: bool = False, **kwargs: Any) -> pd.DataFrame:
@@ -156,20 +235,50 @@ class TFMBaseModel(AbstractTorchModel):
         num_gpus: float | None = 0,
         **kwargs: Any,
     ) -> None:
-        # X_val / y_val / time_limit: in-context fitting only stores the training context, so there is nothing to
-        # early-stop or budget yet; they become relevant once finetuning is exposed.
+        # In-context fitting only stores the training context: X_val / y_val / time_limit matter to finetuning only.
         device = self._resolve_fit_device(num_gpus=num_gpus or 0)
         estimator_kwargs = self._get_estimator_kwargs(device=device)
         X = self.preprocess(X, is_train=True)
+        fit_kwargs: dict[str, Any] = {}
+        fine_tune = estimator_kwargs.get("fine_tune") is not None
+        if fine_tune:
+            if X_val is not None and y_val is not None:
+                fit_kwargs = {"X_val": self.preprocess(X_val), "y_val": y_val}
+            else:
+                # A refit without validation rows: exactly `fine_tune_steps` steps (the trained value of the fits
+                # that had validation rows, see `params_trained` below).
+                estimator_kwargs["validation_fraction"] = 0.0
+            if time_limit is not None:
+                budget = max(_FINE_TUNE_TIME_SHARE * float(time_limit), 1e-3)
+                user_limit = estimator_kwargs.get("time_limit")
+                estimator_kwargs["time_limit"] = budget if user_limit is None else min(float(user_limit), budget)
         estimator = self._get_estimator_cls()(**estimator_kwargs)
-        with torch_num_threads(num_cpus):
-            estimator.fit(X, y)
+        from autogluon_tfm.checkpoints import CheckpointMismatchError
+
+        with torch_num_threads(num_cpus), forward_logs_to_autogluon("autogluon_tfm.finetune"):
+            try:
+                estimator.fit(X, y, **fit_kwargs)
+            except CheckpointMismatchError as error:
+                raise CheckpointMismatchError(
+                    f"{error} ({type(self).__name__}, problem_type={self.problem_type!r}.) To use one hyperparameter "
+                    f"dict for several problem types, pass checkpoint={{'classification': ..., 'regression': ...}}."
+                ) from error
+        report = getattr(estimator, "fine_tune_report_", None)
+        if fine_tune and report is not None:
+            # What a refit without validation rows should train (AutoGluon averages it over bag folds).
+            self.params_trained["fine_tune_steps"] = int(report.best_step)
         self.model = estimator
         self._fit_device = device
 
     # ----------------------------------------------------------------------------------------------- predict
     def _predict_proba(self, X: pd.DataFrame, **kwargs: Any) -> np.ndarray:
+        """Class probabilities; for regression the predicted means ``(n,)``, for quantile problems the predicted
+        quantiles at ``quantile_levels`` ``(n, n_levels)`` (what AutoGluon expects from ``_predict_proba``)."""
         X = self.preprocess(X, **kwargs)
+        if self.problem_type == "regression":
+            return np.asarray(self.model.predict(X))
+        if self.problem_type == "quantile":
+            return np.asarray(self.model.predict_quantiles(X, quantiles=self.quantile_levels))
         y_pred_proba = np.asarray(self.model.predict_proba(X))
         y_pred_proba = self._align_to_all_classes(y_pred_proba)
         return self._convert_proba_to_unified_form(y_pred_proba)
@@ -226,7 +335,14 @@ class TFMBaseModel(AbstractTorchModel):
             n_members_per_batch * n_rows * max(n_features, 1) * cls.embedding_dim_estimate * bytes_per_float
         )
         overhead_bytes = 300 * 1024**2  # torch + estimator bookkeeping
-        return int(data_bytes + cls.network_bytes_estimate + activation_bytes + overhead_bytes)
+        fine_tune_bytes = 0
+        if hyperparameters.get("fine_tune") is not None:
+            # Gradients + two AdamW moments + best-weights copy, and one ~1,024-row step kept for backward
+            # (about 8 saved tensors of per-cell embeddings).
+            fine_tune_bytes = 4 * cls.network_bytes_estimate + (
+                8 * min(n_rows, 1024) * max(n_features, 1) * cls.embedding_dim_estimate * bytes_per_float
+            )
+        return int(data_bytes + cls.network_bytes_estimate + activation_bytes + overhead_bytes + fine_tune_bytes)
 
     # -------------------------------------------------------------------------------------------------- tags
     def _more_tags(self) -> dict:

@@ -9,12 +9,29 @@ Nothing here downloads: official files are found at a path or in the local Huggi
 """
 
 from autogluon_tfm.checkpoints.io import (
+    MODEL_ARCHITECTURES,
     SHIPPED_DIR,
+    CheckpointMismatchError,
+    check_network,
     list_shipped,
     load_network,
     make_tiny_network,
+    model_architecture,
+    network_task,
     resolve_checkpoint,
     save_network,
 )
 
-__all__ = ["SHIPPED_DIR", "list_shipped", "load_network", "make_tiny_network", "resolve_checkpoint", "save_network"]
+__all__ = [
+    "MODEL_ARCHITECTURES",
+    "SHIPPED_DIR",
+    "CheckpointMismatchError",
+    "check_network",
+    "list_shipped",
+    "load_network",
+    "make_tiny_network",
+    "model_architecture",
+    "network_task",
+    "resolve_checkpoint",
+    "save_network",
+]

@@ -14,8 +14,14 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from autogluon_tfm.checkpoints.mitra import is_mitra_dir, load_mitra_dir
-from autogluon_tfm.checkpoints.tabpfn_v2 import is_tabpfn_v2_checkpoint, tabpfn_v2_from_checkpoint
+from autogluon_tfm.checkpoints.mitra import OFFICIAL_REPOS as OFFICIAL_MITRA_REPOS
+from autogluon_tfm.checkpoints.mitra import cached_mitra_dir, is_mitra_dir, load_mitra_dir
+from autogluon_tfm.checkpoints.tabpfn_v2 import (
+    OFFICIAL_TABPFN_V2_FILES,
+    find_cached_tabpfn_v2_file,
+    is_tabpfn_v2_checkpoint,
+    tabpfn_v2_from_checkpoint,
+)
 from autogluon_tfm.nn import ARCHITECTURES
 
 logger = logging.getLogger(__name__)
@@ -39,6 +45,13 @@ OFFICIAL_FILES: dict[tuple[str, str], list[tuple[str, str]]] = {
 SHIPPED_DEFAULTS: dict[tuple[str, str], str] = {
     ("tabicl", "classification"): "tabicl-clf-small",
 }
+
+# Estimator / AutoGluon ``model=`` names -> network architectures (``arch`` of the networks, keys of
+# ``nn.ARCHITECTURES``). The one place where user-facing model names meet architecture names.
+MODEL_ARCHITECTURES: dict[str, str] = {"tabicl": "tabicl", "tabpfnv2": "tabpfn_v2", "mitra": "mitra"}
+# Spellings also accepted for ``model=`` (architecture names and common variants).
+_MODEL_ALIASES: dict[str, str] = {"tabpfn_v2": "tabpfnv2", "tabpfn-v2": "tabpfnv2", "tabpfn": "tabpfnv2"}
+TASKS = ("classification", "regression")
 
 TINY_CONFIGS: dict[str, dict[str, Any]] = {
     "tabicl": dict(
@@ -74,28 +87,99 @@ def _cached_official_file(repo_id: str, filename: str) -> Path | None:
     return Path(found) if isinstance(found, str) else None
 
 
+class CheckpointMismatchError(ValueError):
+    """The network of a checkpoint is not of the requested model (architecture) or task."""
+
+
+def model_architecture(model: str) -> str:
+    """Network architecture of an estimator ``model`` name: ``"tabicl"`` -> ``"tabicl"``, ``"tabpfnv2"`` ->
+    ``"tabpfn_v2"``, ``"mitra"`` -> ``"mitra"`` (case-insensitive; architecture names are accepted too)."""
+    if not isinstance(model, str):
+        raise ValueError(f"model must be a string, one of {sorted(MODEL_ARCHITECTURES)}; got {model!r}")
+    name = model.strip().lower()
+    name = _MODEL_ALIASES.get(name, name)
+    if name not in MODEL_ARCHITECTURES:
+        raise ValueError(f"Unknown model {model!r}; expected one of {sorted(MODEL_ARCHITECTURES)}")
+    return MODEL_ARCHITECTURES[name]
+
+
+def _model_name(arch: str) -> str:
+    return next(name for name, a in MODEL_ARCHITECTURES.items() if a == arch)
+
+
+def network_task(net: nn.Module) -> str:
+    """``"classification"`` for a network with class logits (``max_classes > 0``), else ``"regression"``."""
+    return "classification" if int(getattr(net, "max_classes", 0) or 0) > 0 else "regression"
+
+
+def check_network(net: nn.Module, model: str, task: str, source: str = "the checkpoint") -> None:
+    """Raise :class:`CheckpointMismatchError` (a ``ValueError``) unless ``net`` is a ``task`` network of ``model``'s
+    architecture.
+
+    Networks whose ``arch`` is not one of the project's architectures (test stand-ins following the network
+    protocol) are only checked for the task.
+    """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    expected_arch = model_architecture(model)
+    arch = getattr(net, "arch", None)
+    if arch in ARCHITECTURES and arch != expected_arch:
+        raise CheckpointMismatchError(
+            f"The network from {source} is a {_model_name(arch)!r} network, but model={model!r} was requested; "
+            f"pass a {_model_name(expected_arch)!r} checkpoint or set model={_model_name(arch)!r}."
+        )
+    actual_task = network_task(net)
+    if actual_task != task:
+        role = {"classification": "classifier", "regression": "regressor"}
+        raise CheckpointMismatchError(
+            f"The network from {source} is a {actual_task} network "
+            f"(max_classes={int(getattr(net, 'max_classes', 0) or 0)}), not a {role[task]}; "
+            f"use a {task} checkpoint (TFM{'Classifier' if actual_task == 'classification' else 'Regressor'} "
+            f"is the estimator for this one)."
+        )
+
+
+def _cached_official_default(arch: str, task: str) -> Path | None:
+    """The newest official checkpoint of ``arch`` for ``task`` already on disk (never downloads)."""
+    if arch == "tabicl":
+        for repo_id, filename in OFFICIAL_FILES.get((arch, task), []):
+            path = _cached_official_file(repo_id, filename)
+            if path is not None:
+                return path
+    elif arch == "tabpfn_v2":
+        for _, filename in OFFICIAL_TABPFN_V2_FILES.get(task, []):
+            path = find_cached_tabpfn_v2_file(filename)
+            if path is not None:
+                return path
+    elif arch == "mitra" and task in OFFICIAL_MITRA_REPOS:
+        return cached_mitra_dir(OFFICIAL_MITRA_REPOS[task])
+    return None
+
+
 def resolve_checkpoint(model: str = "tabicl", task: str = "classification", checkpoint: str = "default") -> str:
     """Turn ``checkpoint`` into something :func:`load_network` accepts, logging which weights are used.
 
-    ``"default"`` picks an official checkpoint already in the local cache, else the project's shipped weights.
+    ``model`` is an estimator model name (``"tabicl"``, ``"tabpfnv2"``, ``"mitra"``, see :func:`model_architecture`).
+    ``"default"`` picks an official checkpoint already in the local cache, else the project's shipped weights for
+    that model and task, else raises a ``ValueError`` saying to pass ``checkpoint=<path>``.
     """
-    model = model.lower()
-    if task not in ("classification", "regression"):
+    arch = model_architecture(model)
+    if task not in TASKS:
         raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
     if checkpoint != "default":
         return str(checkpoint)
-    for repo_id, filename in OFFICIAL_FILES.get((model, task), []):
-        path = _cached_official_file(repo_id, filename)
-        if path is not None:
-            logger.info("Using official %s %s checkpoint from the local cache: %s", model, task, path)
-            return str(path)
-    shipped = SHIPPED_DEFAULTS.get((model, task))
+    name = _model_name(arch)
+    path = _cached_official_default(arch, task)
+    if path is not None:
+        logger.info("Using official %s %s checkpoint from the local cache: %s", name, task, path)
+        return str(path)
+    shipped = SHIPPED_DEFAULTS.get((arch, task))
     if shipped is None or not (SHIPPED_DIR / f"{shipped}.safetensors").exists():
         raise ValueError(
-            f"No weights for model={model!r}, task={task!r}: no official checkpoint in the local cache and no shipped "
-            f"weights. Pass checkpoint=<path to a .ckpt or .safetensors file>. Shipped: {list_shipped()}"
+            f"No shipped weights for {name} {task} yet, and no official {name} {task} checkpoint in the local cache; "
+            f"pass checkpoint=<path to a checkpoint file or directory>. Shipped weights: {list_shipped()}"
         )
-    logger.info("Using shipped %s %s weights %r (no official checkpoint in the local cache)", model, task, shipped)
+    logger.info("Using shipped %s %s weights %r (no official checkpoint in the local cache)", name, task, shipped)
     return shipped
 
 

@@ -1,73 +1,54 @@
 """scikit-learn classifier around an in-context-learning tabular network (TabICL-style inference pipeline).
 
 ``fit`` only encodes and remembers the training table (in-context learning: no gradient step, no forward pass);
-``predict_proba`` runs the network on (training rows + test rows) for every ensemble member and averages.
+``predict_proba`` runs the network on (training rows + test rows) for every ensemble member and averages. With
+``fine_tune="full" | "lora"``, ``fit`` also finetunes a copy of the network on the training table
+(:mod:`autogluon_tfm.finetune`) and predicts with it afterwards.
 """
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import logging
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import ClassifierMixin
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
-from autogluon_tfm.inference.ensemble import FEATURE_SHUFFLE_METHODS, EnsembleMember, build_ensemble
+from autogluon_tfm.inference.base import (  # noqa: F401 - resolve_* / PRECISIONS re-exported for compatibility
+    PRECISIONS,
+    InContextEstimator,
+    resolve_device,
+    resolve_precision,
+)
+from autogluon_tfm.inference.ensemble import EnsembleMember, build_ensemble
 from autogluon_tfm.inference.hierarchical import build_class_tree, hierarchical_proba, softmax
-from autogluon_tfm.inference.preprocessing import NORM_METHODS, EnsemblePreprocessor, TableEncoder, as_frame
+from autogluon_tfm.inference.preprocessing import EnsemblePreprocessor, TableEncoder
 
 __all__ = ["TFMClassifier"]
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-_AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+FINE_TUNE_MODES = (None, "full", "lora")
 # Hierarchical members turn probabilities back into logits as temperature * log(p + eps) so that logit averaging
 # across members and the final softmax(avg / temperature) treat them like ordinary members.
 _HIERARCHICAL_LOG_EPS = 1e-6
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``."""
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise ValueError(f"Invalid device {device!r}: {error}") from error
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was requested but CUDA is not available; use device='auto' or 'cpu'.")
-    return resolved
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``"auto"`` -> bf16 autocast on CUDA (fp16 where bf16 is unsupported), fp32 elsewhere."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"Unknown precision {precision!r}; expected one of {PRECISIONS}.")
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
-
-
-class TFMClassifier(ClassifierMixin, BaseEstimator):
+class TFMClassifier(ClassifierMixin, InContextEstimator):
     """Tabular foundation-model classifier (in-context learning), scikit-learn compatible.
 
     Args:
         model: architecture name passed to ``resolve_checkpoint`` (e.g. ``"tabicl"``).
         checkpoint: ``"default"``, a shipped weights name, a checkpoint path, or a ``torch.nn.Module`` following the
-            network protocol (used as is: it is not copied, but may be moved to ``device``).
+            network protocol (used as is: it is not copied, but may be moved to ``device``; finetuning trains a copy).
         n_estimators: number of ensemble members (fewer on tiny tables, see ``build_ensemble``).
         norm_methods: normalisation variants cycled over members; from ``NORM_METHODS``.
         feat_shuffle: feature-order strategy: ``"latin"``, ``"shift"``, ``"random"`` or ``"none"``.
@@ -79,15 +60,29 @@ class TFMClassifier(ClassifierMixin, BaseEstimator):
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, or a ``torch.device``.
         precision: ``"auto"`` (bf16 autocast on CUDA, fp32 on CPU), ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast).
         random_state: seed of the ensemble configuration (int for reproducible members).
-        verbose: show a progress bar during prediction.
+        verbose: show progress bars (finetuning and prediction).
+        fine_tune: ``None`` (in-context learning only), ``"full"`` (all weights) or ``"lora"`` (LoRA adapters, merged
+            into the weights afterwards): finetune a copy of the network on the training table in ``fit``.
+        fine_tune_steps: maximum finetuning steps (one sampled context/query task of ~1,024 rows per step).
+        learning_rate: peak AdamW learning rate of finetuning.
+        lora_rank, lora_alpha, lora_dropout: LoRA adapter settings (``fine_tune="lora"``).
+        lora_target_modules: names of the ``nn.Linear`` layers that get adapters; ``None`` = attention projections
+            and feed-forward layers (``autogluon_tfm.finetune.DEFAULT_LORA_TARGETS``).
+        validation_fraction: share of the training rows held out (stratified) for early stopping when ``fit`` gets no
+            ``X_val``; 0 = no early stopping (exactly ``fine_tune_steps`` steps).
+        time_limit: seconds for ``fit`` (finetuning stops early to respect it); ``None`` = no limit.
+
+    Finetuning early-stops on the log loss of the ensemble prediction (up to 4 members, training rows as context) on
+    the validation rows, measured before the first step and every 5 steps, and keeps the best weights seen, the
+    pretrained ones included. ``classes_`` come from ``y`` only; validation rows with other labels are ignored.
 
     Fitted attributes: ``classes_``, ``n_classes_``, ``n_features_in_``, ``feature_names_in_`` (DataFrame input),
     ``encoder_``, ``preprocessor_``, ``members_``, ``network_``, ``checkpoint_path_``, ``device_``, ``precision_``,
-    ``y_train_``, ``class_tree_`` (None unless there are more classes than the network's ``max_classes``).
+    ``y_train_``, ``class_tree_`` (None unless there are more classes than the network's ``max_classes``),
+    ``fine_tune_report_`` (a :class:`autogluon_tfm.finetune.FinetuneReport`, or None without finetuning).
     """
 
-    # Test rows per network call; training rows are always all present. Bounds memory for large test sets.
-    max_test_rows_per_forward: int = 50_000
+    _task = "classification"
 
     def __init__(
         self,
@@ -105,6 +100,15 @@ class TFMClassifier(ClassifierMixin, BaseEstimator):
         precision: str = "auto",
         random_state: int | None = 0,
         verbose: bool = False,
+        fine_tune: str | None = None,
+        fine_tune_steps: int = 200,
+        learning_rate: float = 1e-4,
+        lora_rank: int = 8,
+        lora_alpha: float = 16.0,
+        lora_dropout: float = 0.05,
+        lora_target_modules: Sequence[str] | None = None,
+        validation_fraction: float = 0.2,
+        time_limit: float | None = None,
     ):
         self.model = model
         self.checkpoint = checkpoint
@@ -120,56 +124,50 @@ class TFMClassifier(ClassifierMixin, BaseEstimator):
         self.precision = precision
         self.random_state = random_state
         self.verbose = verbose
+        self.fine_tune = fine_tune
+        self.fine_tune_steps = fine_tune_steps
+        self.learning_rate = learning_rate
+        self.lora_rank = lora_rank
+        self.lora_alpha = lora_alpha
+        self.lora_dropout = lora_dropout
+        self.lora_target_modules = lora_target_modules
+        self.validation_fraction = validation_fraction
+        self.time_limit = time_limit
 
     # ------------------------------------------------------------------------------------------------ validation
     def _validate_params(self) -> tuple[str, ...]:
-        norm_methods = (self.norm_methods,) if isinstance(self.norm_methods, str) else tuple(self.norm_methods)
-        if not norm_methods:
-            raise ValueError("norm_methods must name at least one normalisation method.")
-        unknown = [method for method in norm_methods if method not in NORM_METHODS]
-        if unknown:
-            raise ValueError(f"Unknown norm_methods {unknown}; expected a subset of {NORM_METHODS}.")
-        if self.feat_shuffle not in FEATURE_SHUFFLE_METHODS:
-            raise ValueError(f"Unknown feat_shuffle {self.feat_shuffle!r}; expected one of {FEATURE_SHUFFLE_METHODS}.")
-        for name in ("n_estimators", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        norm_methods = self._validate_common_params()  # shared with TFMRegressor (inference/base.py)
         if not self.softmax_temperature > 0:
             raise ValueError(f"softmax_temperature must be > 0, got {self.softmax_temperature!r}.")
-        if not self.outlier_threshold > 0:
-            raise ValueError(f"outlier_threshold must be > 0, got {self.outlier_threshold!r}.")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"Unknown precision {self.precision!r}; expected one of {PRECISIONS}.")
+        if self.fine_tune not in FINE_TUNE_MODES:
+            raise ValueError(f"Unknown fine_tune {self.fine_tune!r}; expected one of {FINE_TUNE_MODES}.")
+        if self.time_limit is not None and not self.time_limit > 0:
+            raise ValueError(f"time_limit must be > 0 seconds or None, got {self.time_limit!r}.")
+        if self.fine_tune is not None:
+            if not 0 <= self.validation_fraction < 1:
+                raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}.")
+            steps = self.fine_tune_steps
+            if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+                raise ValueError(f"fine_tune_steps must be a non-negative integer, got {steps!r}.")
+            self._fine_tune_config()  # validates the finetuning settings now, before any work
         return norm_methods
 
-    def _random_seed(self) -> int | None:
-        if self.random_state is None or isinstance(self.random_state, (int, np.integer)):
-            return None if self.random_state is None else int(self.random_state)
-        if isinstance(self.random_state, np.random.RandomState):
-            return int(self.random_state.randint(np.iinfo(np.int32).max))
-        raise ValueError(f"random_state must be an int, None or a numpy RandomState, got {self.random_state!r}.")
+    def _fine_tune_config(self, time_limit: float | None = None):
+        from autogluon_tfm.finetune import DEFAULT_LORA_TARGETS, FinetuneConfig
 
-    @staticmethod
-    def _as_table(X: Any, what: str) -> pd.DataFrame:
-        if X is None:
-            raise ValueError(f"{what} is None; expected a 2-D table (DataFrame or array).")
-        if isinstance(X, pd.Series):
-            raise ValueError(f"{what} is a pandas Series (1-D); pass a DataFrame, e.g. X.to_frame().")
-        if hasattr(X, "toarray") and not isinstance(X, pd.DataFrame):  # scipy sparse
-            X = X.toarray()
-        if not isinstance(X, pd.DataFrame):
-            array = np.asarray(X)
-            if array.ndim != 2:
-                raise ValueError(
-                    f"{what} must be 2-D (rows x features), got shape {array.shape}; "
-                    "reshape a single feature with X.reshape(-1, 1) or a single row with X.reshape(1, -1)."
-                )
-        frame = as_frame(X)
-        if frame.columns.has_duplicates:
-            duplicated = list(frame.columns[frame.columns.duplicated()].unique())
-            raise ValueError(f"{what} has duplicated column names: {duplicated}.")
-        return frame
+        targets = self.lora_target_modules
+        if isinstance(targets, str):
+            targets = (targets,)
+        return FinetuneConfig(
+            mode=self.fine_tune,
+            max_steps=self.fine_tune_steps,
+            learning_rate=self.learning_rate,
+            lora_rank=self.lora_rank,
+            lora_alpha=self.lora_alpha,
+            lora_dropout=self.lora_dropout,
+            lora_target_modules=DEFAULT_LORA_TARGETS if targets is None else tuple(targets),
+            time_limit=time_limit,
+        )
 
     @staticmethod
     def _validate_labels(y: Any, n_rows: int) -> np.ndarray:
@@ -195,8 +193,14 @@ class TFMClassifier(ClassifierMixin, BaseEstimator):
         return y_array
 
     # ------------------------------------------------------------------------------------------------------- fit
-    def fit(self, X: Any, y: Any) -> TFMClassifier:
-        """Encode and remember the training table (no network forward: the network learns in context)."""
+    def fit(self, X: Any, y: Any, X_val: Any = None, y_val: Any = None) -> TFMClassifier:
+        """Encode and remember the training table (no network forward: the network learns in context).
+
+        With ``fine_tune`` set, also finetune a copy of the network; ``X_val`` / ``y_val`` (optional) are the rows its
+        early stopping watches (else ``validation_fraction`` of the training rows). Without ``fine_tune`` they are
+        ignored.
+        """
+        fit_start = time.monotonic()
         norm_methods = self._validate_params()
         seed = self._random_seed()
         frame = self._as_table(X, "X")
@@ -246,6 +250,14 @@ class TFMClassifier(ClassifierMixin, BaseEstimator):
         self.class_tree_ = (
             build_class_tree(range(self.n_classes_), max_classes) if self.n_classes_ > max_classes else None
         )
+        self.fine_tune_report_ = None
+        if self.fine_tune is not None:
+            if self.class_tree_ is not None:
+                raise ValueError(
+                    f"finetuning supports at most {max_classes} classes; use fine_tune=None (hierarchical ICL) for "
+                    f"the {self.n_classes_} classes of y."
+                )
+            self._run_fine_tune(X_encoded, label_encoder, X_val, y_val, seed, fit_start)
         logger.info(
             "TFMClassifier fitted: %d rows, %d features (%d after encoding/filtering), %d classes%s, %d members, "
             "device=%s, precision=%s, checkpoint=%s",
@@ -261,38 +273,76 @@ class TFMClassifier(ClassifierMixin, BaseEstimator):
         )
         return self
 
-    def _load_network(self) -> tuple[torch.nn.Module, str]:
-        if isinstance(self.checkpoint, torch.nn.Module):
-            return self.checkpoint.to(self.device_), f"<{type(self.checkpoint).__name__} module>"
-        from autogluon_tfm.checkpoints import load_network, resolve_checkpoint
+    def _run_fine_tune(
+        self,
+        X_encoded: np.ndarray,
+        label_encoder: LabelEncoder,
+        X_val: Any,
+        y_val: Any,
+        seed: int | None,
+        fit_start: float,
+    ) -> None:
+        """Finetune a copy of ``network_`` (the module given as ``checkpoint`` is never modified) and keep it."""
+        from autogluon_tfm.finetune import ClassificationFinetuneData, finetune, stratified_split
 
-        path = resolve_checkpoint(self.model, "classification", str(self.checkpoint))
-        return load_network(path, device=str(self.device_)), str(path)
+        methods = list(self.preprocessor_.train_transformed_)
+        X_train = self.preprocessor_.train_transformed_
+        y_train = self.y_train_
+        X_val_by_method, y_val_encoded = None, None
+        if (X_val is None) != (y_val is None):
+            raise ValueError("Pass both X_val and y_val, or neither.")
+        if X_val is not None:
+            frame = self._validate_predict_input(X_val)
+            labels = self._validate_labels(y_val, len(frame))
+            known = np.isin(labels, self.classes_)
+            if not known.all():
+                logger.warning(
+                    "Ignoring %d validation rows whose labels are not among the training classes.", (~known).sum()
+                )
+            if known.any():
+                X_val_encoded = self.encoder_.transform(frame.iloc[np.flatnonzero(known)])
+                X_val_by_method = {m: self.preprocessor_.transform(X_val_encoded, m) for m in methods}
+                y_val_encoded = label_encoder.transform(labels[known]).astype(np.int64)
+            else:
+                logger.warning("No usable validation rows; holding out part of the training rows instead.")
+        if X_val_by_method is None and self.validation_fraction > 0:
+            rng = np.random.default_rng(seed)
+            train_rows, val_rows = stratified_split(y_train, len(y_train), float(self.validation_fraction), rng)
+            if len(val_rows) == 0 or len(train_rows) < 2:
+                logger.warning("Too few rows (%d) to hold out validation rows; skipping finetuning.", len(y_train))
+                return
+            X_val_by_method = {m: X_train[m][val_rows] for m in methods}
+            y_val_encoded = y_train[val_rows]
+            X_train = {m: X_train[m][train_rows] for m in methods}
+            y_train = y_train[train_rows]
+        if len(y_train) < 2:
+            logger.warning("Too few training rows (%d) to finetune; skipping finetuning.", len(y_train))
+            return
+        data = ClassificationFinetuneData(
+            X_train,
+            y_train,
+            self.n_classes_,
+            X_val=X_val_by_method,
+            y_val=y_val_encoded,
+            members=self.members_,
+            feat_shuffle=self.feat_shuffle != "none",
+            class_shift=bool(self.class_shift),
+            softmax_temperature=self.softmax_temperature,
+        )
+        time_left = None
+        if self.time_limit is not None:
+            time_left = max(float(self.time_limit) - (time.monotonic() - fit_start), 0.0)
+        self.network_, self.fine_tune_report_ = finetune(
+            self.network_,
+            data,
+            self._fine_tune_config(time_limit=time_left),
+            device=self.device_,
+            precision=self.precision_,
+            seed=seed,
+            verbose=bool(self.verbose),
+        )
 
     # ------------------------------------------------------------------------------------------------- predict
-    def _validate_predict_input(self, X: Any) -> pd.DataFrame:
-        check_is_fitted(self, "members_")
-        frame = self._as_table(X, "X")
-        fitted_names = getattr(self, "feature_names_in_", None)
-        if isinstance(X, pd.DataFrame) and fitted_names is not None:
-            columns = list(frame.columns)
-            missing = [name for name in fitted_names if name not in set(columns)]
-            extra = [name for name in columns if name not in set(fitted_names)]
-            if missing or extra:
-                details = []
-                if missing:
-                    details.append(f"missing columns {missing}")
-                if extra:
-                    details.append(f"unexpected columns {extra}")
-                raise ValueError(f"X does not have the columns seen in fit: {'; '.join(details)}.")
-            if columns != list(fitted_names):
-                frame = frame.loc[:, list(fitted_names)]  # same columns, other order: select by name (a new frame)
-        elif frame.shape[1] != self.n_features_in_:
-            raise ValueError(
-                f"X has {frame.shape[1]} columns, but the classifier was fitted with {self.n_features_in_}."
-            )
-        return frame
-
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities, shape ``(n_rows, n_classes)``, float64, rows summing to 1 (order of ``classes_``)."""
         frame = self._validate_predict_input(X)
@@ -327,10 +377,6 @@ class TFMClassifier(ClassifierMixin, BaseEstimator):
     def predict(self, X: Any) -> np.ndarray:
         """Most probable class label per row (labels as given in ``fit``)."""
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
-
-    def _member_groups(self) -> Iterator[tuple[str, list[EnsembleMember]]]:
-        for method, group in itertools.groupby(self.members_, key=lambda member: member.norm_method):
-            yield method, list(group)
 
     def _count_single_class_leaves(self) -> int:
         return sum(len(leaf.classes) == 1 for leaf in self.class_tree_.leaves())
@@ -384,85 +430,3 @@ class TFMClassifier(ClassifierMixin, BaseEstimator):
         if self.average_logits:
             return self.softmax_temperature * np.log(proba + _HIERARCHICAL_LOG_EPS)
         return proba
-
-    def _forward(
-        self,
-        network: torch.nn.Module,
-        X_train_batch: np.ndarray,
-        y_batch: np.ndarray,
-        X_test: np.ndarray,
-        feature_orders: list[np.ndarray],
-        progress: tqdm,
-    ) -> np.ndarray:
-        """Run the network on ``(members, n_train + test chunk, H)``; returns ``(members, n_test, n_out)`` float32.
-
-        Test rows are fed in chunks of ``max_test_rows_per_forward`` (the network keeps test rows independent, so
-        chunking does not change results); each member's test rows get that member's feature order.
-        """
-        device = self.device_
-        autocast_dtype = _AUTOCAST_DTYPES[self.precision_]
-        autocast = (
-            torch.autocast(device_type=device.type, dtype=autocast_dtype)
-            if autocast_dtype is not None
-            else contextlib.nullcontext()
-        )
-        outputs = []
-        with torch.no_grad(), autocast:
-            train = torch.from_numpy(np.ascontiguousarray(X_train_batch, dtype=np.float32)).to(device)
-            labels = torch.from_numpy(np.ascontiguousarray(y_batch, dtype=np.float32)).to(device)
-            for start in range(0, len(X_test), self.max_test_rows_per_forward):
-                chunk = X_test[start : start + self.max_test_rows_per_forward]
-                test = np.stack([chunk[:, order] for order in feature_orders]).astype(np.float32)
-                X_full = torch.cat([train, torch.from_numpy(test).to(device)], dim=1)
-                outputs.append(network(X_full, labels).float().cpu().numpy())
-                progress.update(1)
-        return np.concatenate(outputs, axis=1)
-
-    def to(self, device: str | torch.device) -> TFMClassifier:
-        """Move the fitted estimator to ``device`` (e.g. "cpu" before saving, "cuda" after loading)."""
-        check_is_fitted(self, "network_")
-        self.device = str(device)
-        self.device_ = resolve_device(device)
-        self.precision_ = resolve_precision(self.precision, self.device_)
-        self.network_.to(self.device_)
-        return self
-
-    def _network_on_device(self) -> torch.nn.Module:
-        # The network may have been moved to CPU by pickling (``__getstate__``); move it back.
-        return self.network_.to(self.device_)
-
-    @staticmethod
-    @contextlib.contextmanager
-    def _eval_mode(network: torch.nn.Module) -> Iterator[None]:
-        # Inference needs eval mode (dropout off), but the module may be shared with a finetuning loop: restore.
-        was_training = network.training
-        network.eval()
-        try:
-            yield
-        finally:
-            network.train(was_training)
-
-    # ------------------------------------------------------------------------------------------------- pickling
-    def __getstate__(self) -> dict:
-        # Weights travel with the pickle; keep them on CPU so the pickle loads on machines without the device.
-        # This moves the live network too; the next prediction moves it back to ``device_``.
-        network = self.__dict__.get("network_")
-        if network is not None:
-            network.to("cpu")
-        return super().__getstate__()
-
-    def __setstate__(self, state: dict) -> None:
-        super().__setstate__(state)
-        if "device_" not in self.__dict__:
-            return
-        if self.device == "auto":
-            self.device_ = resolve_device("auto")
-        elif self.device_.type == "cuda" and not torch.cuda.is_available():
-            logger.warning("TFMClassifier was fitted on %s but CUDA is not available here; using CPU.", self.device_)
-            self.device_ = torch.device("cpu")
-        self.precision_ = resolve_precision(self.precision, self.device_)
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = True
-        return tags

@@ -1,0 +1,249 @@
+"""What the in-context-learning estimators share: devices and precision, input checks, loading the network, feeding
+it (training rows + test rows) per ensemble member, moving and pickling.
+
+:class:`InContextEstimator` holds the common machinery; :class:`~autogluon_tfm.inference.TFMClassifier` and
+:class:`~autogluon_tfm.inference.TFMRegressor` add the task-specific target handling and output aggregation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
+from tqdm.auto import tqdm
+
+from autogluon_tfm.inference.ensemble import FEATURE_SHUFFLE_METHODS, EnsembleMember
+from autogluon_tfm.inference.preprocessing import NORM_METHODS, as_frame
+
+__all__ = ["PRECISIONS", "InContextEstimator", "resolve_device", "resolve_precision"]
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``."""
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"Invalid device {device!r}: {error}") from error
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was requested but CUDA is not available; use device='auto' or 'cpu'.")
+    return resolved
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``"auto"`` -> bf16 autocast on CUDA (fp16 where bf16 is unsupported), fp32 elsewhere."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"Unknown precision {precision!r}; expected one of {PRECISIONS}.")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+class InContextEstimator(BaseEstimator):
+    """Base of the scikit-learn estimators that run a network following the network protocol.
+
+    Subclasses set :attr:`_task` and use the fitted attributes ``members_``, ``network_``, ``device_``,
+    ``precision_``, ``n_features_in_`` and ``feature_names_in_`` (DataFrame input). Parameters read here:
+    ``model``, ``checkpoint``, ``n_estimators``, ``norm_methods``, ``feat_shuffle``, ``outlier_threshold``,
+    ``batch_size``, ``device``, ``precision``, ``random_state``.
+    """
+
+    #: ``"classification"`` or ``"regression"``: the kind of network this estimator needs.
+    _task: str = "classification"
+    # Test rows per network call; training rows are always all present. Bounds memory for large test sets.
+    max_test_rows_per_forward: int = 50_000
+
+    # ------------------------------------------------------------------------------------------------ validation
+    def _validate_common_params(self) -> tuple[str, ...]:
+        """Check the parameters every estimator has; returns the normalisation methods as a tuple."""
+        norm_methods = (self.norm_methods,) if isinstance(self.norm_methods, str) else tuple(self.norm_methods)
+        if not norm_methods:
+            raise ValueError("norm_methods must name at least one normalisation method.")
+        unknown = [method for method in norm_methods if method not in NORM_METHODS]
+        if unknown:
+            raise ValueError(f"Unknown norm_methods {unknown}; expected a subset of {NORM_METHODS}.")
+        if self.feat_shuffle not in FEATURE_SHUFFLE_METHODS:
+            raise ValueError(f"Unknown feat_shuffle {self.feat_shuffle!r}; expected one of {FEATURE_SHUFFLE_METHODS}.")
+        for name in ("n_estimators", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if not self.outlier_threshold > 0:
+            raise ValueError(f"outlier_threshold must be > 0, got {self.outlier_threshold!r}.")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"Unknown precision {self.precision!r}; expected one of {PRECISIONS}.")
+        return norm_methods
+
+    def _random_seed(self) -> int | None:
+        if self.random_state is None or isinstance(self.random_state, (int, np.integer)):
+            return None if self.random_state is None else int(self.random_state)
+        if isinstance(self.random_state, np.random.RandomState):
+            return int(self.random_state.randint(np.iinfo(np.int32).max))
+        raise ValueError(f"random_state must be an int, None or a numpy RandomState, got {self.random_state!r}.")
+
+    @staticmethod
+    def _as_table(X: Any, what: str) -> pd.DataFrame:
+        if X is None:
+            raise ValueError(f"{what} is None; expected a 2-D table (DataFrame or array).")
+        if isinstance(X, pd.Series):
+            raise ValueError(f"{what} is a pandas Series (1-D); pass a DataFrame, e.g. X.to_frame().")
+        if hasattr(X, "toarray") and not isinstance(X, pd.DataFrame):  # scipy sparse
+            X = X.toarray()
+        if not isinstance(X, pd.DataFrame):
+            array = np.asarray(X)
+            if array.ndim != 2:
+                raise ValueError(
+                    f"{what} must be 2-D (rows x features), got shape {array.shape}; "
+                    "reshape a single feature with X.reshape(-1, 1) or a single row with X.reshape(1, -1)."
+                )
+        frame = as_frame(X)
+        if frame.columns.has_duplicates:
+            duplicated = list(frame.columns[frame.columns.duplicated()].unique())
+            raise ValueError(f"{what} has duplicated column names: {duplicated}.")
+        return frame
+
+    # ------------------------------------------------------------------------------------------------- network
+    def _load_network(self) -> tuple[torch.nn.Module, str]:
+        """The network for ``model`` / ``checkpoint`` on ``device_``, checked to match the model and the task."""
+        from autogluon_tfm.checkpoints import check_network, load_network, model_architecture, resolve_checkpoint
+
+        model_architecture(self.model)  # unknown model names fail here, whatever the checkpoint
+        if isinstance(self.checkpoint, torch.nn.Module):
+            network, source = self.checkpoint.to(self.device_), f"<{type(self.checkpoint).__name__} module>"
+        else:
+            source = resolve_checkpoint(self.model, self._task, str(self.checkpoint))
+            network = load_network(source, device=str(self.device_))
+        check_network(network, self.model, self._task, source=f"checkpoint {source!r}")
+        return network, str(source)
+
+    def _network_on_device(self) -> torch.nn.Module:
+        # The network may have been moved to CPU by pickling (``__getstate__``); move it back.
+        return self.network_.to(self.device_)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _eval_mode(network: torch.nn.Module) -> Iterator[None]:
+        # Inference needs eval mode (dropout off), but the module may be shared with a finetuning loop: restore.
+        was_training = network.training
+        network.eval()
+        try:
+            yield
+        finally:
+            network.train(was_training)
+
+    # ------------------------------------------------------------------------------------------------- predict
+    def _validate_predict_input(self, X: Any) -> pd.DataFrame:
+        check_is_fitted(self, "members_")
+        frame = self._as_table(X, "X")
+        fitted_names = getattr(self, "feature_names_in_", None)
+        if isinstance(X, pd.DataFrame) and fitted_names is not None:
+            columns = list(frame.columns)
+            missing = [name for name in fitted_names if name not in set(columns)]
+            extra = [name for name in columns if name not in set(fitted_names)]
+            if missing or extra:
+                details = []
+                if missing:
+                    details.append(f"missing columns {missing}")
+                if extra:
+                    details.append(f"unexpected columns {extra}")
+                raise ValueError(f"X does not have the columns seen in fit: {'; '.join(details)}.")
+            if columns != list(fitted_names):
+                frame = frame.loc[:, list(fitted_names)]  # same columns, other order: select by name (a new frame)
+        elif frame.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X has {frame.shape[1]} columns, but the {type(self).__name__} was fitted with {self.n_features_in_}."
+            )
+        return frame
+
+    def _member_groups(self) -> Iterator[tuple[str, list[EnsembleMember]]]:
+        for method, group in itertools.groupby(self.members_, key=lambda member: member.norm_method):
+            yield method, list(group)
+
+    def _forward(
+        self,
+        network: torch.nn.Module,
+        X_train_batch: np.ndarray,
+        y_batch: np.ndarray,
+        X_test: np.ndarray,
+        feature_orders: Sequence[np.ndarray],
+        progress: tqdm,
+        reduce: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """Run the network on ``(members, n_train + test chunk, H)``; returns ``(members, n_test, n_out)`` float32.
+
+        Test rows are fed in chunks of ``max_test_rows_per_forward`` (the network keeps test rows independent, so
+        chunking does not change results); each member's test rows get that member's feature order. ``reduce``, if
+        given, maps each chunk's ``(members, chunk, n_out)`` output to ``(members, chunk, k)`` before the chunks are
+        joined, so wide outputs (thousands of logits per row) need not be kept for every test row.
+        """
+        device = self.device_
+        autocast_dtype = AUTOCAST_DTYPES[self.precision_]
+        autocast = (
+            torch.autocast(device_type=device.type, dtype=autocast_dtype)
+            if autocast_dtype is not None
+            else contextlib.nullcontext()
+        )
+        outputs = []
+        with torch.no_grad(), autocast:
+            train = torch.from_numpy(np.ascontiguousarray(X_train_batch, dtype=np.float32)).to(device)
+            labels = torch.from_numpy(np.ascontiguousarray(y_batch, dtype=np.float32)).to(device)
+            for start in range(0, len(X_test), self.max_test_rows_per_forward):
+                chunk = X_test[start : start + self.max_test_rows_per_forward]
+                test = np.stack([chunk[:, order] for order in feature_orders]).astype(np.float32)
+                X_full = torch.cat([train, torch.from_numpy(test).to(device)], dim=1)
+                output = network(X_full, labels).float().cpu().numpy()
+                outputs.append(output if reduce is None else reduce(output))
+                progress.update(1)
+        return np.concatenate(outputs, axis=1)
+
+    # ------------------------------------------------------------------------------------------ device, pickling
+    def to(self, device: str | torch.device) -> InContextEstimator:
+        """Move the fitted estimator to ``device`` (e.g. "cpu" before saving, "cuda" after loading)."""
+        check_is_fitted(self, "network_")
+        self.device = str(device)
+        self.device_ = resolve_device(device)
+        self.precision_ = resolve_precision(self.precision, self.device_)
+        self.network_.to(self.device_)
+        return self
+
+    def __getstate__(self) -> dict:
+        # Weights travel with the pickle; keep them on CPU so the pickle loads on machines without the device.
+        # This moves the live network too; the next prediction moves it back to ``device_``.
+        network = self.__dict__.get("network_")
+        if network is not None:
+            network.to("cpu")
+        return super().__getstate__()
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        if "device_" not in self.__dict__:
+            return
+        if self.device == "auto":
+            self.device_ = resolve_device("auto")
+        elif self.device_.type == "cuda" and not torch.cuda.is_available():
+            logger.warning(
+                "%s was fitted on %s but CUDA is not available here; using CPU.", type(self).__name__, self.device_
+            )
+            self.device_ = torch.device("cpu")
+        self.precision_ = resolve_precision(self.precision, self.device_)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        return tags

@@ -1,0 +1,282 @@
+"""scikit-learn regressor around an in-context-learning tabular network (TabICL, TabPFN v2 or Mitra).
+
+``fit`` encodes and remembers the training table and scales the target into the space the network was trained on
+(z-score for TabICL / TabPFN v2, min-max for Mitra); ``predict`` runs the network on (training rows + test rows) for
+every ensemble member (normalisation variant x feature order), reads each member's predicted distribution through
+the network's regression head, averages over members and maps back to the target's scale.
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.base import RegressorMixin
+from tqdm.auto import tqdm
+
+from autogluon_tfm.inference.base import InContextEstimator, resolve_device, resolve_precision
+from autogluon_tfm.inference.ensemble import EnsembleMember, build_ensemble
+from autogluon_tfm.inference.preprocessing import EnsemblePreprocessor, TableEncoder
+from autogluon_tfm.inference.regression_heads import (
+    RegressionHead,
+    TargetScaler,
+    regression_head_for,
+    validate_quantile_levels,
+)
+
+__all__ = ["TFMRegressor"]
+
+logger = logging.getLogger(__name__)
+
+
+def _label_like_error(kind: str, examples: list) -> ValueError:
+    return ValueError(
+        f"y holds {kind} (e.g. {examples}), which look like class labels; TFMRegressor needs numeric targets. "
+        f"Use TFMClassifier for classification, or convert y to numbers if it really is a regression target."
+    )
+
+
+def _validate_targets(y: Any, n_rows: int) -> np.ndarray:
+    """``y`` -> new float64 1-D array of finite numbers (the caller's object is never modified)."""
+    if y is None:
+        raise ValueError("y is None; a regressor needs one numeric target per row of X.")
+    if isinstance(y, pd.DataFrame):
+        if y.shape[1] != 1:
+            raise ValueError(f"y must be 1-D (one target per row); got a DataFrame with {y.shape[1]} columns.")
+        y = y.iloc[:, 0]
+    if isinstance(y, (pd.Series, pd.Index)):
+        dtype = y.dtype
+        if isinstance(dtype, pd.CategoricalDtype):
+            raise _label_like_error("categories", list(dtype.categories[:3]))
+        if pd.api.types.is_bool_dtype(dtype):
+            raise _label_like_error("booleans", [True, False])
+        if pd.api.types.is_numeric_dtype(dtype):
+            y = y.to_numpy(dtype=np.float64, na_value=np.nan)  # nullable Int64 / Float64 with <NA> included
+        else:
+            y = y.to_numpy(dtype=object)
+    array = np.asarray(y)
+    if array.ndim == 2 and array.shape[1] == 1:
+        array = array.ravel()
+    if array.ndim != 1:
+        raise ValueError(f"y must be 1-D (one target per row), got shape {array.shape}.")
+    if len(array) != n_rows:
+        raise ValueError(f"X and y have different lengths: X has {n_rows} rows, y has {len(array)} targets.")
+    kind = array.dtype.kind
+    if kind in "US":
+        raise _label_like_error("strings", array[:3].tolist())
+    if kind == "b":
+        raise _label_like_error("booleans", array[:3].tolist())
+    if kind == "O":
+        present = [v for v in array if v is not None and v is not pd.NA and not (isinstance(v, float) and v != v)]
+        strings = [v for v in present if isinstance(v, (str, bytes))]
+        if strings:
+            raise _label_like_error("strings", strings[:3])
+        if any(isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real) for v in present):
+            odd = [v for v in present if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real)]
+            raise ValueError(f"y must hold real numbers; got values such as {odd[:3]}.")
+        array = np.array([np.nan if v is None or v is pd.NA else float(v) for v in array], dtype=np.float64)
+    elif kind not in "iuf":
+        raise ValueError(f"y must hold real numbers, got dtype {array.dtype}.")
+    targets = np.array(array, dtype=np.float64)  # always a copy
+    bad = ~np.isfinite(targets)
+    if bad.any():
+        positions = np.flatnonzero(bad)[:5].tolist()
+        raise ValueError(
+            f"y contains {int(bad.sum())} missing or infinite targets (NaN/inf), e.g. at rows {positions}; "
+            f"drop or impute those rows."
+        )
+    return targets
+
+
+class TFMRegressor(RegressorMixin, InContextEstimator):
+    """Tabular foundation-model regressor (in-context learning), scikit-learn compatible.
+
+    Args:
+        model: ``"tabicl"`` (999 quantiles), ``"tabpfnv2"`` (bar distribution) or ``"mitra"`` (point prediction).
+        checkpoint: ``"default"`` (an official regression checkpoint in the local cache, else shipped weights), a
+            shipped weights name, a checkpoint path, or a ``torch.nn.Module`` following the network protocol (used
+            as is: not copied, but may be moved to ``device``). Must be a regression network of ``model``.
+        n_estimators: number of ensemble members (fewer on tiny tables, see ``build_ensemble``).
+        norm_methods: normalisation variants cycled over members; from ``NORM_METHODS``.
+        feat_shuffle: feature-order strategy: ``"latin"``, ``"shift"``, ``"random"`` or ``"none"``.
+        outlier_threshold: soft-clip features beyond this many standard deviations.
+        batch_size: ensemble members per network call.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, or a ``torch.device``.
+        precision: ``"auto"`` (bf16 autocast on CUDA, fp32 on CPU), ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast).
+        random_state: seed of the ensemble configuration (int for reproducible members).
+        verbose: show a progress bar during prediction.
+
+    ``predict`` returns the mean of the predicted distribution averaged over members; ``predict_quantiles`` the
+    quantiles of the members' averaged distribution (TabICL: members' quantiles averaged; TabPFN v2: mixture of the
+    members' bar distributions). A constant target (including a single training row) is predicted exactly, without
+    running the network.
+
+    Fitted attributes: ``n_features_in_``, ``feature_names_in_`` (DataFrame input), ``encoder_``, ``preprocessor_``,
+    ``members_``, ``network_``, ``checkpoint_path_``, ``device_``, ``precision_``, ``head_`` (how the network's
+    output is read), ``target_scaler_`` (None for a constant target), ``constant_target_`` (the constant, else
+    None), ``y_train_`` (scaled training targets).
+    """
+
+    _task = "regression"
+
+    def __init__(
+        self,
+        model: str = "tabicl",
+        checkpoint: str | Path | torch.nn.Module = "default",
+        n_estimators: int = 8,
+        norm_methods: Sequence[str] = ("none", "power"),
+        feat_shuffle: str = "latin",
+        outlier_threshold: float = 4.0,
+        batch_size: int = 8,
+        device: str | torch.device = "auto",
+        precision: str = "auto",
+        random_state: int | None = 0,
+        verbose: bool = False,
+    ):
+        self.model = model
+        self.checkpoint = checkpoint
+        self.n_estimators = n_estimators
+        self.norm_methods = norm_methods
+        self.feat_shuffle = feat_shuffle
+        self.outlier_threshold = outlier_threshold
+        self.batch_size = batch_size
+        self.device = device
+        self.precision = precision
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------------------------------------------- fit
+    def fit(self, X: Any, y: Any) -> TFMRegressor:
+        """Encode and remember the training table and its scaled targets (no network forward)."""
+        norm_methods = self._validate_common_params()
+        seed = self._random_seed()
+        frame = self._as_table(X, "X")
+        n_rows, n_columns = frame.shape
+        if n_rows == 0:
+            raise ValueError("X is empty (0 rows); at least one training row is needed.")
+        if n_columns == 0:
+            raise ValueError("X has 0 columns; at least one feature is required.")
+        targets = _validate_targets(y, n_rows)
+
+        # Everything that can fail on the network (missing weights, wrong model or task) fails before any state is
+        # set, whatever the data.
+        device = resolve_device(self.device)
+        self.device_ = device
+        self.precision_ = resolve_precision(self.precision, device)
+        self.network_, self.checkpoint_path_ = self._load_network()
+        self.head_: RegressionHead = regression_head_for(self.network_)
+
+        self.n_features_in_ = n_columns
+        if isinstance(X, pd.DataFrame):
+            self.feature_names_in_ = np.asarray(frame.columns, dtype=object)
+        elif hasattr(self, "feature_names_in_"):
+            del self.feature_names_in_  # refit on an array: forget names of a previous DataFrame fit
+        self.encoder_ = TableEncoder().fit(frame)
+        X_encoded = self.encoder_.transform(frame)
+        self.preprocessor_ = EnsemblePreprocessor(norm_methods, self.outlier_threshold, seed).fit(X_encoded)
+        self.members_: list[EnsembleMember] = build_ensemble(
+            n_features=self.preprocessor_.n_features_out_,
+            n_classes=1,
+            n_estimators=int(self.n_estimators),
+            norm_methods=norm_methods,
+            feat_shuffle=self.feat_shuffle,
+            class_shift=False,
+            random_state=seed,
+        )
+
+        if np.all(targets == targets[0]):  # includes a single training row: nothing to learn but the value
+            self.constant_target_: float | None = float(targets[0])
+            self.target_scaler_: TargetScaler | None = None
+            self.y_train_ = np.zeros_like(targets)
+        else:
+            self.constant_target_ = None
+            scaling = getattr(self.network_, "regression_target_scaling", "zscore")
+            self.target_scaler_ = TargetScaler(scaling).fit(targets)
+            self.y_train_ = self.target_scaler_.transform(targets)
+        logger.info(
+            "TFMRegressor fitted: %d rows, %d features (%d after encoding/filtering), %d members, head=%s, "
+            "target scaling=%s, device=%s, precision=%s, checkpoint=%s",
+            n_rows,
+            n_columns,
+            self.preprocessor_.n_features_out_,
+            len(self.members_),
+            type(self.head_).__name__,
+            "constant" if self.target_scaler_ is None else self.target_scaler_.method,
+            self.device_,
+            self.precision_,
+            self.checkpoint_path_,
+        )
+        return self
+
+    # ------------------------------------------------------------------------------------------------- predict
+    def predict(self, X: Any) -> np.ndarray:
+        """Predicted mean per row, shape ``(n_rows,)``, float64, in the target's original scale."""
+        frame = self._validate_predict_input(X)
+        if self.constant_target_ is not None:
+            return np.full(len(frame), self.constant_target_)
+        if len(frame) == 0:
+            return np.zeros(0)
+        head = self.head_
+        scaled_mean = self._average_over_members(frame, lambda raw: head.mean(head.prepare(raw))[..., None])[:, 0]
+        return self.target_scaler_.inverse_transform(scaled_mean)
+
+    def predict_quantiles(self, X: Any, quantiles: Sequence[float] = (0.1, 0.5, 0.9)) -> np.ndarray:
+        """Predicted quantiles, shape ``(n_rows, len(quantiles))``, non-decreasing along the levels.
+
+        Needs a head that predicts a distribution (TabICL quantiles, TabPFN v2 bar distribution); Mitra's scalar
+        head raises a ``ValueError``. Levels must lie strictly between 0 and 1. Memory: the members' averaged
+        distribution is held for every test row (``n_rows x n_out`` float64, e.g. 5,000 buckets for TabPFN v2), so
+        predict very large test sets in slices.
+        """
+        levels = validate_quantile_levels(quantiles)
+        frame = self._validate_predict_input(X)
+        if not self.head_.supports_quantiles:
+            self.head_.quantiles(np.zeros((0, self.head_.n_out)), levels)  # raises the head's explanation
+        if self.constant_target_ is not None:
+            return np.full((len(frame), len(levels)), self.constant_target_)
+        if len(frame) == 0:
+            return np.zeros((0, len(levels)))
+        averaged = self._average_over_members(frame, self.head_.prepare)
+        return self.target_scaler_.inverse_transform(self.head_.quantiles(averaged, levels))
+
+    def _average_over_members(self, frame: pd.DataFrame, reduce) -> np.ndarray:
+        """Mean over members of ``reduce(raw member output)``: ``(n_rows, k)`` float64 in the scaled target space."""
+        X_test = self.encoder_.transform(frame)
+        network = self._network_on_device()
+        n_chunks = -(-len(X_test) // self.max_test_rows_per_forward)
+        n_calls = sum(-(-len(group) // int(self.batch_size)) for _, group in self._member_groups())
+        expected_width = self.head_.n_out
+
+        def checked_reduce(output: np.ndarray) -> np.ndarray:
+            if output.shape[-1] != expected_width:
+                raise ValueError(
+                    f"The network returned {output.shape[-1]} values per row, but its regression head expects "
+                    f"{expected_width}; the network does not follow the regression protocol."
+                )
+            return reduce(output)
+
+        total = None
+        with (
+            self._eval_mode(network),
+            tqdm(total=n_calls * n_chunks, desc="TFMRegressor", disable=not self.verbose, leave=False) as progress,
+        ):
+            for method, members in self._member_groups():
+                X_train_method = self.preprocessor_.train_transformed_[method]
+                X_test_method = self.preprocessor_.transform(X_test, method)
+                for start in range(0, len(members), int(self.batch_size)):
+                    batch = members[start : start + int(self.batch_size)]
+                    orders = [member.feature_order for member in batch]
+                    X_train_batch = np.stack([X_train_method[:, order] for order in orders])
+                    y_batch = np.broadcast_to(self.y_train_, (len(batch), len(self.y_train_)))
+                    reduced = self._forward(
+                        network, X_train_batch, y_batch, X_test_method, orders, progress, reduce=checked_reduce
+                    )
+                    batch_sum = reduced.sum(axis=0)
+                    total = batch_sum if total is None else total + batch_sum
+        return total / len(self.members_)
