@@ -115,7 +115,10 @@ class InContextEstimator(BaseEstimator):
         frame = as_frame(X)
         if frame.columns.has_duplicates:
             duplicated = list(frame.columns[frame.columns.duplicated()].unique())
-            raise ValueError(f"{what} has duplicated column names: {duplicated}.")
+            raise ValueError(
+                f"{what} has duplicated column names: {duplicated}; rename them so that every column name is unique "
+                f"(e.g. X.columns = [f'{{name}}_{{i}}' for i, name in enumerate(X.columns)])."
+            )
         return frame
 
     # ------------------------------------------------------------------------------------------------- network

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from sklearn.base import ClassifierMixin
 from sklearn.preprocessing import LabelEncoder
-from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.multiclass import type_of_target
 from tqdm.auto import tqdm
 
 from autogluon_tfm.inference.base import (  # noqa: F401 - resolve_* / PRECISIONS re-exported for compatibility
@@ -187,9 +187,24 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
         if bad.any():
             positions = np.flatnonzero(bad)[:5].tolist()
             raise ValueError(
-                f"y contains {int(bad.sum())} missing or infinite labels (NaN/inf), e.g. at rows {positions}."
+                f"y contains {int(bad.sum())} missing or infinite labels (NaN/inf), e.g. at rows {positions}; "
+                f"drop those rows or give them a label."
             )
-        check_classification_targets(y_array)
+        # scikit-learn's error blames continuous values even for mixed-type labels: say what is wrong, what to do.
+        target_type = type_of_target(y_array)
+        if target_type == "continuous":
+            examples = [value for value in pd.unique(y_array) if value != np.round(value)][:3]
+            raise ValueError(
+                f"y holds continuous (non-integer) values (e.g. {examples}), which look like a regression target; "
+                f"TFMClassifier needs class labels. Use TFMRegressor for regression, or convert y to strings or "
+                f"integers (e.g. y.astype(str)) if these values really are class labels."
+            )
+        if target_type not in ("binary", "multiclass"):
+            label_types = sorted({type(value).__name__ for value in y_array.tolist()})
+            raise ValueError(
+                f"y holds labels of mixed or unsupported types ({', '.join(label_types)}); give every label the same "
+                f"type, e.g. y.astype(str)."
+            )
         return y_array
 
     # ------------------------------------------------------------------------------------------------------- fit
