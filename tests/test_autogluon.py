@@ -12,13 +12,13 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from _helpers import subprocess_env
 
 import autogluon_tfm
 from autogluon_tfm.autogluon import TabICLModel, register, unregister
@@ -30,16 +30,9 @@ from autogluon.tabular import TabularPredictor  # noqa: E402
 from autogluon.tabular.models.tabicl.tabicl_model import TabICLModel as BuiltinTabICLModel  # noqa: E402
 from autogluon.tabular.registry import ag_model_registry  # noqa: E402
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 LABEL = "target"
 
 
-def _subprocess_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
-    env.setdefault("OMP_NUM_THREADS", "1")
-    env["HF_HUB_OFFLINE"] = "1"  # a saved predictor must not need the network
-    return env
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +105,7 @@ def test_import_registers_in_a_fresh_process():
         print("OK")
     """)
     result = subprocess.run(
-        [sys.executable, "-c", code], env=_subprocess_env(), capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", code], env=subprocess_env(), capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("OK")
@@ -274,7 +267,7 @@ def test_predictor_fit_predict_save_load_refit(tiny_checkpoint, breast_cancer, t
             json.dump(proba.to_numpy().tolist(), open(r"{expected_path}", "w"))
         """)
         result = subprocess.run(
-            [sys.executable, "-c", code], env=_subprocess_env(), capture_output=True, text=True, timeout=300
+            [sys.executable, "-c", code], env=subprocess_env(), capture_output=True, text=True, timeout=300
         )
     finally:
         save_network(make_tiny_network("tabicl", "classification", seed=0), tiny_checkpoint)
@@ -341,7 +334,7 @@ def test_gpu_fit_runs_on_cuda_and_saved_model_loads_on_cpu(tiny_checkpoint, brea
         assert predictor._trainer.load_model("TabICL").get_device() == "cpu"
         json.dump(predictor.predict_proba(pd.read_pickle(r"{test_path}")).to_numpy().tolist(), open(r"{out_path}", "w"))
     """)
-    result = subprocess.run([sys.executable, "-c", code], env=_subprocess_env(), capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     # bf16 autocast on CUDA vs fp32 on CPU: close, not identical.
     np.testing.assert_allclose(np.asarray(json.loads(out_path.read_text())), proba.to_numpy(), atol=5e-2)

@@ -8,7 +8,6 @@ refit_full, and one hyperparameter dict serving classification and regression.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from _helpers import subprocess_env
 
 import autogluon_tfm  # noqa: F401 - registers TABICL
 from autogluon_tfm.autogluon import TabICLModel
@@ -26,16 +26,9 @@ from autogluon_tfm.inference import TFMClassifier, TFMRegressor
 pytest.importorskip("autogluon.tabular")
 from autogluon.tabular import TabularPredictor  # noqa: E402
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 LABEL = "target"
 
 
-def _subprocess_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
-    env.setdefault("OMP_NUM_THREADS", "1")
-    env["HF_HUB_OFFLINE"] = "1"  # a saved predictor must not need the network
-    return env
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +180,7 @@ def test_predictor_regression_fit_save_load_refit(checkpoints, diabetes, tmp_pat
             json.dump(pred.tolist(), open(r"{out_path}", "w"))
         """)
         result = subprocess.run(
-            [sys.executable, "-c", code], env=_subprocess_env(), capture_output=True, text=True, timeout=300
+            [sys.executable, "-c", code], env=subprocess_env(), capture_output=True, text=True, timeout=300
         )
     finally:
         for task, path in moved.items():
