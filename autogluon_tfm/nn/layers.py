@@ -264,6 +264,12 @@ def mlp(in_dim: int, hidden_dim: int, out_dim: int, bias: bool = True) -> nn.Seq
     return nn.Sequential(nn.Linear(in_dim, hidden_dim, bias=bias), nn.GELU(), nn.Linear(hidden_dim, out_dim, bias=bias))
 
 
+def check_protocol_inputs(X: Tensor, y_train: Tensor) -> None:
+    """Validate the inputs of the network protocol: ``X (B, T, H)`` and ``y_train (B, n)`` with ``n <= T``."""
+    if X.dim() != 3 or y_train.dim() != 2 or y_train.shape[0] != X.shape[0] or y_train.shape[1] > X.shape[1]:
+        raise ValueError(f"Expected X (B,T,H) and y_train (B,n<=T); got {tuple(X.shape)} and {tuple(y_train.shape)}")
+
+
 def run_in_chunks(fn, x: Tensor, chunk_size: int | None, dim: int = 0) -> Tensor:
     """Apply ``fn`` to slices of ``x`` along ``dim`` and concatenate: bounds peak memory of independent work."""
     if chunk_size is None or x.shape[dim] <= chunk_size:

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from autogluon_tfm.nn.layers import AttentionBlock
+from autogluon_tfm.nn.layers import AttentionBlock, check_protocol_inputs
 
 TASKS = ("classification", "regression")
 # Quantile levels 1/1000 .. 999/1000, built exactly like the official model (float32 arange / 1000).
@@ -162,8 +162,7 @@ class Mitra(nn.Module):
 
         ``col_chunk`` / ``row_chunk`` bound peak memory by processing that many token columns / rows at a time.
         """
-        if X.dim() != 3 or y_train.dim() != 2 or y_train.shape[0] != X.shape[0] or y_train.shape[1] > X.shape[1]:
-            raise ValueError(f"Expected X (B,T,H) and y_train (B,n<=T); got {tuple(X.shape)} and {tuple(y_train.shape)}")
+        check_protocol_inputs(X, y_train)
         n_train = y_train.shape[1]
         if n_train < 1:
             raise ValueError("Mitra needs at least one training row")

@@ -19,6 +19,7 @@ from autogluon_tfm.nn.layers import (
     InducedSetAttentionBlock,
     OneHotLinear,
     RotaryEmbedding,
+    check_protocol_inputs,
     mlp,
     run_in_chunks,
 )
@@ -287,8 +288,7 @@ class TabICL(nn.Module):
         col_chunk: int | None = None,
         row_chunk: int | None = None,
     ) -> Tensor:
-        if X.dim() != 3 or y_train.dim() != 2 or y_train.shape[0] != X.shape[0] or y_train.shape[1] > X.shape[1]:
-            raise ValueError(f"Expected X (B,T,H) and y_train (B,n<=T); got {tuple(X.shape)} and {tuple(y_train.shape)}")
+        check_protocol_inputs(X, y_train)
         if d is not None and bool((d == X.shape[-1]).all()):
             d = None
         if d is not None and self.feature_grouped:

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from autogluon_tfm.nn.layers import AttentionBlock, MultiheadAttention, mlp
+from autogluon_tfm.nn.layers import AttentionBlock, MultiheadAttention, check_protocol_inputs, mlp
 
 # Values of the indicator channel that flags missing / infinite cells (and test-row targets) to the network.
 NAN_INDICATOR = -2.0
@@ -203,8 +203,7 @@ class TabPFNv2(nn.Module):
         ``d`` (B,) optional number of real features per table (the rest is zero padding, pretraining only): feature
         groups made only of padding are hidden from the row attention.
         """
-        if X.dim() != 3 or y_train.dim() != 2 or y_train.shape[0] != X.shape[0] or y_train.shape[1] > X.shape[1]:
-            raise ValueError(f"Expected X (B,T,H) and y_train (B,n<=T); got {tuple(X.shape)} and {tuple(y_train.shape)}")
+        check_protocol_inputs(X, y_train)
         if X.shape[-1] == 0:
             raise ValueError("X needs at least one feature")
         if y_train.shape[1] == 0:
