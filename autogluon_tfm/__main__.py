@@ -11,10 +11,12 @@ from pathlib import Path
 
 
 def _pretrain(args: argparse.Namespace) -> None:
-    from autogluon_tfm.pretrain.trainer import MODEL_CONFIGS, PretrainConfig, pretrain
+    from autogluon_tfm.pretrain.trainer import MODEL_CONFIGS, MODEL_PRESET_ARCH, PretrainConfig, pretrain
 
     if args.model not in MODEL_CONFIGS:
         raise SystemExit(f"Unknown --model {args.model!r}; choose from {sorted(MODEL_CONFIGS)}")
+    if args.arch is None:
+        args.arch = MODEL_PRESET_ARCH[args.model]
     fields = {f.name for f in dataclasses.fields(PretrainConfig)}
     kwargs = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     if args.train_fraction is not None:
@@ -63,7 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("pretrain", help="pretrain a network on the synthetic prior (resumes from <out>/last.ckpt)")
-    p.add_argument("--arch", default="tabicl")
+    p.add_argument("--arch", default=None, help="network architecture (default: the one of --model)")
+    p.add_argument("--task", choices=["classification", "regression"], default=None)
     p.add_argument("--model", default="tabicl-small", help="network size preset")
     p.add_argument("--prior", default=None)
     p.add_argument("--steps", type=int, default=None)

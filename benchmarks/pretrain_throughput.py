@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from autogluon_tfm.nn import TabICL
-from autogluon_tfm.pretrain.trainer import MODEL_CONFIGS, classification_loss
+from autogluon_tfm.nn.losses import classification_loss
+from autogluon_tfm.pretrain.trainer import MODEL_CONFIGS
 
 
 def step_seconds(model_name: str, precision: str, repeats: int, shape: tuple[int, int, int], n_train: int) -> float:

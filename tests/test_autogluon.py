@@ -81,7 +81,7 @@ def test_unregister_restores_builtin_and_register_is_idempotent(restore_registry
     assert ag_model_registry.key_to_cls("TABICL") is BuiltinTabICLModel
 
     with caplog.at_level(logging.INFO, logger="autogluon_tfm"):
-        assert register() == ["TABICL"]
+        assert register() == ["TABICL", "TABPFNV2", "MITRA"]
         register()
         register()
     assert ag_model_registry.key_to_cls("TABICL") is TabICLModel

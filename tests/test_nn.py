@@ -7,7 +7,8 @@ import torch
 
 from autogluon_tfm.checkpoints import make_tiny_network
 from autogluon_tfm.nn import TabICL
-from autogluon_tfm.pretrain.trainer import MODEL_CONFIGS, classification_loss
+from autogluon_tfm.nn.losses import classification_loss
+from autogluon_tfm.pretrain.trainer import MODEL_CONFIGS
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Put the project's models into AutoGluon's model registry (and take them out again).
 
-``import autogluon_tfm`` calls :func:`register`, so string keys such as ``"TABICL"`` resolve to this project's models
+``import autogluon_tfm`` calls :func:`register`, so the string keys ``"TABICL"``, ``"TABPFNV2"`` and ``"MITRA"`` resolve to this project's models
 in every process that imported the package.
 """
 
@@ -10,11 +10,13 @@ import logging
 
 from autogluon.tabular.registry import ag_model_registry
 
+from autogluon_tfm.autogluon.mitra import MitraModel
 from autogluon_tfm.autogluon.tabicl import TabICLModel
+from autogluon_tfm.autogluon.tabpfn_v2 import TabPFNv2Model
 
 logger = logging.getLogger(__name__)
 
-OUR_MODELS: tuple[type, ...] = (TabICLModel,)
+OUR_MODELS: tuple[type, ...] = (TabICLModel, TabPFNv2Model, MitraModel)
 
 # ag_key -> the built-in class we replaced (restored by unregister()).
 _replaced: dict[str, type] = {}

@@ -44,6 +44,11 @@ OFFICIAL_FILES: dict[tuple[str, str], list[tuple[str, str]]] = {
 # The project's shipped weights per (architecture, task).
 SHIPPED_DEFAULTS: dict[tuple[str, str], str] = {
     ("tabicl", "classification"): "tabicl-clf-small",
+    ("tabicl", "regression"): "tabicl-reg-small",
+    ("tabpfn_v2", "classification"): "tabpfnv2-clf-small",
+    ("tabpfn_v2", "regression"): "tabpfnv2-reg-small",
+    ("mitra", "classification"): "mitra-clf-small",
+    ("mitra", "regression"): "mitra-reg-small",
 }
 
 # Estimator / AutoGluon ``model=`` names -> network architectures (``arch`` of the networks, keys of
@@ -213,6 +218,11 @@ def _load_official(path: Path) -> nn.Module:
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if is_tabpfn_v2_checkpoint(ckpt):
         return tabpfn_v2_from_checkpoint(ckpt)
+    if isinstance(ckpt, dict) and ckpt.get("arch") in ARCHITECTURES and "pretrain_config" in ckpt:
+        # The project's own pretraining checkpoint (pretrain/trainer.py): any architecture, our key names.
+        net = _build(ckpt["arch"], dict(ckpt["config"]))
+        net.load_state_dict(ckpt["state_dict"], strict=True)
+        return net
     return _load_official_tabicl(path, ckpt)
 
 

@@ -1,4 +1,8 @@
-"""Pretraining loop: synthetic tables from a prior -> cross-entropy on the test rows of every table.
+"""Pretraining loop: synthetic tables from a prior -> the head's loss on the test rows of every table.
+
+Classification: cross-entropy over the class logits. Regression, by head: pinball loss over TabICL's quantiles,
+cross-entropy over the buckets of TabPFN v2's bar distribution, squared error of Mitra's point prediction; targets
+are scaled by the training rows of each table exactly as the estimators scale them at inference.
 
 Resumable: ``<out>/last.ckpt`` holds model, optimizer, scheduler, step, data counters and wall time, written every
 ``checkpoint_every`` steps and at the end. A later run with the same ``out`` continues from it.
@@ -17,11 +21,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
 from autogluon_tfm.nn import ARCHITECTURES
+from autogluon_tfm.nn.losses import classification_loss, regression_loss, scale_targets
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +40,16 @@ MODEL_CONFIGS: dict[str, dict[str, Any]] = {
         embed_dim=16, col_num_blocks=1, col_nhead=2, col_num_inds=4, row_num_blocks=2, row_nhead=2, row_num_cls=2,
         icl_num_blocks=1, icl_nhead=2, ff_factor=2,
     ),
+    # Attention over every cell: the cost grows with rows x features, so these stay narrower than tabicl-small.
+    "tabpfnv2-small": dict(embed_dim=48, nhead=4, num_blocks=4, ff_factor=2, num_buckets=1000),
+    "tabpfnv2-tiny": dict(embed_dim=16, nhead=2, num_blocks=1, ff_factor=2, num_buckets=32),
+    "mitra-small": dict(dim=48, n_layers=2, n_heads=4),
+    "mitra-tiny": dict(dim=16, n_layers=1, n_heads=2),
 }
+
+# Which ``nn.ARCHITECTURES`` entry each preset builds (the part of the name before the size).
+MODEL_PRESET_ARCH = {name: {"tabicl": "tabicl", "tabpfnv2": "tabpfn_v2", "mitra": "mitra"}[name.split("-")[0]]
+                     for name in MODEL_CONFIGS}
 
 
 @dataclass
@@ -101,19 +114,43 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
 
 
 def build_network(cfg: PretrainConfig) -> torch.nn.Module:
+    from autogluon_tfm.checkpoints.io import REGRESSION_OVERRIDES
+
+    if cfg.model not in MODEL_CONFIGS:
+        raise ValueError(f"Unknown model preset {cfg.model!r}; choose from {sorted(MODEL_CONFIGS)}")
+    if MODEL_PRESET_ARCH[cfg.model] != cfg.arch:
+        raise ValueError(
+            f"Model preset {cfg.model!r} builds a {MODEL_PRESET_ARCH[cfg.model]!r} network, not arch={cfg.arch!r}; "
+            f"pass a matching --arch / --model pair."
+        )
+    if cfg.task not in ("classification", "regression"):
+        raise ValueError(f"task must be 'classification' or 'regression', got {cfg.task!r}")
     config = dict(MODEL_CONFIGS[cfg.model])
     if cfg.task == "regression":
-        config["max_classes"] = 0
+        config.update(REGRESSION_OVERRIDES[cfg.arch])
     return ARCHITECTURES[cfg.arch](**config)
 
 
-def classification_loss(logits: torch.Tensor, y_test: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over all ``max_classes`` outputs on the test rows."""
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y_test.long().reshape(-1))
+def task_loss(net: torch.nn.Module, batch: Any, device: str, task: str) -> torch.Tensor:
+    """Forward one prior batch through ``net`` and return the loss on its test rows."""
+    X = batch.X.to(device)
+    y = batch.y.to(device)
+    n = batch.n_train
+    # Networks that support it get the real feature counts so zero padding is masked (grouped TabICL does not).
+    kwargs = {"d": batch.d.to(device)} if getattr(net, "arch", "") in ("tabpfn_v2", "mitra") else {}
+    if task == "classification":
+        return classification_loss(net(X, y[:, :n], **kwargs), y[:, n:])
+    y = scale_targets(y, n, getattr(net, "regression_target_scaling", "zscore"))
+    return regression_loss(net, net(X, y[:, :n], **kwargs), y[:, n:])
 
 
 def pretrain(cfg: PretrainConfig) -> Path:
     """Run (or resume) pretraining; returns the path of the last checkpoint."""
+    from autogluon_tfm.prior import get_prior_config
+
+    prior_task = get_prior_config(cfg.prior).task
+    if prior_task != cfg.task:
+        raise ValueError(f"Prior {cfg.prior!r} generates {prior_task} tables but task={cfg.task!r}; pick a matching prior.")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
@@ -158,12 +195,9 @@ def pretrain(cfg: PretrainConfig) -> Path:
     ema_loss = None
     try:
         for batch in loader:
-            X = batch.X.to(cfg.device)
-            y = batch.y.to(cfg.device)
-            n = batch.n_train
+            X = batch.X
             with autocast:
-                logits = net(X, y[:, :n])
-            loss = classification_loss(logits, y[:, n:])
+                loss = task_loss(net, batch, cfg.device, cfg.task)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)

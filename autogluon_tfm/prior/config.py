@@ -147,6 +147,9 @@ PRIOR_CONFIGS: dict[str, PriorConfig] = {
     "tree_only": PriorConfig(name="tree_only", p_tree=1.0),
     "tabicl_mix_learnable": PriorConfig(name="tabicl_mix_learnable", p_tree=0.3, min_learnability_gain=0.05),
     "tabicl_mix_regression": PriorConfig(name="tabicl_mix_regression", p_tree=0.3, task="regression"),
+    # Mitra (seed 002) mixes SCM and tree-based priors 50/50.
+    "mitra_mix_learnable": PriorConfig(name="mitra_mix_learnable", p_tree=0.5, min_learnability_gain=0.05),
+    "mitra_mix_regression": PriorConfig(name="mitra_mix_regression", p_tree=0.5, task="regression"),
 }
 
 

@@ -1,0 +1,30 @@
+"""AutoGluon model ``MITRA`` backed by the project's Mitra (Tab2D) network and estimator."""
+
+from __future__ import annotations
+
+from autogluon_tfm.autogluon.base import TFMBaseModel
+
+
+class MitraModel(TFMBaseModel):
+    """Mitra (2D row/column attention over every cell, quantile embedding) from ``autogluon_tfm``.
+
+    Replaces AutoGluon's built-in ``MITRA`` entry once :mod:`autogluon_tfm` is imported. By default it uses an
+    official Mitra directory already in the local Hugging Face cache, else the project's shipped weights;
+    ``checkpoint=`` takes a name or a path. Problem types: binary, multiclass (more than 10 classes
+    hierarchically) and regression; not quantile, because Mitra's regression head predicts one value per row.
+
+    Example::
+
+        import autogluon_tfm  # registers MITRA
+        from autogluon.tabular import TabularPredictor
+
+        TabularPredictor(label="y").fit(train, hyperparameters={"MITRA": {"n_estimators": 8}})
+    """
+
+    ag_key = "MITRA"
+    ag_name = "Mitra"
+    ag_priority = 55
+    estimator_model_name = "mitra"
+    network_bytes_estimate = 300 * 1024**2  # official Mitra: ~72M fp32 parameters
+    embedding_dim_estimate = 512  # one 512-wide token per cell
+    _supported_problem_types = ["binary", "multiclass", "regression"]

@@ -1,0 +1,29 @@
+"""AutoGluon model ``TABPFNV2`` backed by the project's TabPFN v2 network and estimator."""
+
+from __future__ import annotations
+
+from autogluon_tfm.autogluon.base import TFMBaseModel
+
+
+class TabPFNv2Model(TFMBaseModel):
+    """TabPFN v2 (alternating attention over features and rows of every cell) from ``autogluon_tfm``.
+
+    A new key next to AutoGluon's built-in ``REALTABPFN-V2``: it needs no ``tabpfn`` package and no download. By
+    default it uses an official TabPFN v2 checkpoint already in the local cache (tabpfn's cache directory or the
+    Hugging Face cache), else the project's shipped weights; ``checkpoint=`` takes a name or a path. Problem types:
+    binary, multiclass (more than 10 classes hierarchically), regression and quantile (bar-distribution head).
+
+    Example::
+
+        import autogluon_tfm  # registers TABPFNV2
+        from autogluon.tabular import TabularPredictor
+
+        TabularPredictor(label="y").fit(train, hyperparameters={"TABPFNV2": {"n_estimators": 8}})
+    """
+
+    ag_key = "TABPFNV2"
+    ag_name = "TabPFNv2"
+    ag_priority = 60
+    estimator_model_name = "tabpfnv2"
+    network_bytes_estimate = 60 * 1024**2  # official TabPFN v2: ~7M fp32 parameters + buffers
+    embedding_dim_estimate = 192  # one 192-wide embedding per feature group and row
