@@ -8,7 +8,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from autogluon_tfm.autogluon import MitraModel, TabICLModel, TabPFNv2Model, register, unregister
+from autogluon_tfm.autogluon import MitraModel, TabICLModel, TabPFNv2Model, get_hyperparameters, register, unregister
 from autogluon_tfm.checkpoints import load_network
 from autogluon_tfm.inference import TFMClassifier, TFMRegressor
 
@@ -22,6 +22,7 @@ __all__ = [
     "register",
     "unregister",
     "__version__",
+    "get_hyperparameters",
 ]
 
 register()

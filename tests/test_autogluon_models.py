@@ -164,3 +164,68 @@ def test_quantile_problem_uses_tabicl_and_tabpfnv2_and_skips_mitra(tiny_checkpoi
     quantiles = predictor.predict(data.iloc[120:], model="TabPFNv2")
     assert quantiles.shape == (40, 3)
     assert (np.diff(quantiles.to_numpy(), axis=1) >= 0).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("problem_type", ["regression", "quantile"])
+def test_regression_finetuning_through_tabular_predictor(problem_type, tiny_checkpoints, tmp_path):
+    data = _toy_frame("regression")
+    train, test = data.iloc[:120], data.iloc[120:]
+    hyperparameters = {
+        "TABPFNV2": {"fine_tune": "full", "fine_tune_steps": 3, "n_estimators": 2,
+                     "checkpoint": dict(tiny_checkpoints["tabpfnv2"])}
+    }
+    quantiles = {"quantile_levels": [0.1, 0.5, 0.9]} if problem_type == "quantile" else {}
+    predictor = TabularPredictor(
+        label=LABEL, problem_type=problem_type, path=str(tmp_path), verbosity=0, **quantiles
+    ).fit(train, hyperparameters=hyperparameters, num_cpus=1, num_gpus=0, raise_on_model_failure=True)
+    estimator = predictor._trainer.load_model("TabPFNv2").model
+    report = estimator.fine_tune_report_
+    assert report is not None and report.steps_run == 3 and report.initial_loss is not None  # AutoGluon's X_val
+    assert estimator.network_ is not None and 0 <= report.best_step <= 3
+    pred = predictor.predict(test)
+    assert len(pred) == len(test) and np.isfinite(np.asarray(pred, dtype=float)).all()
+
+
+# --------------------------------------------------------------------------------------------------- portfolios
+@pytest.mark.parametrize("name", ["fast", "medium", "best_quality"])
+def test_portfolios_name_registered_models_and_fit_tfms_first(name):
+    from autogluon.tabular.models import LGBModel
+
+    hyperparameters = autogluon_tfm.get_hyperparameters(name)
+    keys = ag_model_registry.key_to_cls_map()
+    assert set(hyperparameters) <= set(keys)
+    assert "TABICL" in hyperparameters
+    gbm_priority = ag_model_registry.priority(LGBModel)
+    for key in ("TABICL", "TABPFNV2", "MITRA"):
+        configs = hyperparameters.get(key, [])
+        for config in configs if isinstance(configs, list) else [configs]:
+            assert config["ag_args"]["priority"] > gbm_priority, (key, config)
+            estimator_params = {k: v for k, v in config.items() if k != "ag_args"}
+            assert set(estimator_params) <= TFMBaseModel._estimator_param_names()
+
+
+def test_get_hyperparameters_returns_fresh_copies_and_rejects_unknown_names():
+    first = autogluon_tfm.get_hyperparameters("fast")
+    first["TABICL"]["n_estimators"] = 99
+    assert "n_estimators" not in autogluon_tfm.get_hyperparameters("fast")["TABICL"]
+    with pytest.raises(ValueError, match="Unknown portfolio 'huge'.*best_quality"):
+        autogluon_tfm.get_hyperparameters("huge")
+
+
+def test_cell_attention_models_declare_smaller_limits_than_tabicl():
+    for cls in (TabPFNv2Model, MitraModel):
+        aux = cls._default_auxiliary_params_extra
+        assert (aux["max_rows"], aux["max_features"]) == (10_000, 500)
+        assert "max_classes" not in aux  # more than 10 classes run hierarchically
+    assert TabICLModel._default_auxiliary_params_extra["max_rows"] == 100_000
+
+
+def test_too_many_rows_is_a_clean_autogluon_skip(tiny_checkpoints):
+    data = _toy_frame("binary", n=120)
+    hyperparameters = {
+        "TABPFNV2": {"checkpoint": dict(tiny_checkpoints["tabpfnv2"]), "n_estimators": 1, "ag.max_rows": 50},
+        "TABICL": {"checkpoint": dict(tiny_checkpoints["tabicl"]), "n_estimators": 1},
+    }
+    predictor = TabularPredictor(label=LABEL, verbosity=0).fit(data, hyperparameters=hyperparameters, num_gpus=0)
+    assert "TabPFNv2" not in predictor.model_names() and "TabICL" in predictor.model_names()

@@ -30,6 +30,18 @@ _ADAPTER_OWNED_PARAMS = {
 }
 
 
+def limits(max_rows: int | None, max_features: int | None) -> dict[str, Any]:
+    """``params_aux`` of a TFM adapter: AutoGluon skips the model cleanly on larger data (``ag.max_rows`` /
+    ``ag.max_features`` override them per fit). No ``max_classes``: more than 10 classes run hierarchically."""
+    return {
+        "max_rows": max_rows,
+        "max_features": max_features,
+        # No prediction chunking by AutoGluon: every chunk would re-encode the whole training context, while the
+        # estimator already batches its ensemble members internally.
+        "max_batch_size": None,
+    }
+
+
 @contextmanager
 def torch_num_threads(num_threads: int | None) -> Iterator[None]:
     """Run a block with ``torch.set_num_threads(num_threads)`` and always restore the previous value.
@@ -95,8 +107,8 @@ class TFMBaseModel(AbstractTorchModel):
     The fitted estimator keeps its (small) network inside, so a saved predictor predicts in a fresh process without
     network access; saving always moves the network to CPU first.
 
-    Finetuning (classification: ``fine_tune="full" | "lora"`` with ``fine_tune_steps``, ``learning_rate``,
-    ``lora_*``): the fit early-stops on AutoGluon's validation rows (``X_val``, the out-of-fold rows in a bag) within
+    Finetuning (every problem type: ``fine_tune="full" | "lora"`` with ``fine_tune_steps``, ``learning_rate``,
+    ``lora_*``; quantile problems finetune the regression network with its own head loss): the fit early-stops on AutoGluon's validation rows (``X_val``, the out-of-fold rows in a bag) within
     AutoGluon's ``time_limit`` and records the step it kept as the trained ``fine_tune_steps``; fits without
     validation rows (``refit_full``, the refit of ``refit_folds``) train that many steps without early stopping, as
     AutoGluon does for its other early-stopped models.
@@ -118,13 +130,7 @@ class TFMBaseModel(AbstractTorchModel):
     # Quantile problems need a distributional regression head; a model whose head predicts one value (Mitra)
     # drops "quantile" in its subclass.
     _supported_problem_types = ["binary", "multiclass", "regression", "quantile"]
-    _default_auxiliary_params_extra = {
-        "max_rows": 100_000,
-        "max_features": 2_000,
-        # No prediction chunking by AutoGluon: every chunk would re-encode the whole training context, while the
-        # estimator already batches its ensemble members internally.
-        "max_batch_size": None,
-    }
+    _default_auxiliary_params_extra = limits(max_rows=100_000, max_features=2_000)
     _default_ag_args_ensemble_extra = {
         # A fold fit is near-instant (the estimator only stores the context); parallel fold workers would each pay
         # for a process, a CUDA context and loading the network, which costs more than they save.
@@ -190,12 +196,6 @@ class TFMBaseModel(AbstractTorchModel):
         ignored = sorted(set(kwargs) - task_names)
         if ignored:
             logger.info("%s: hyperparameters %s do not apply to %s; ignored", self.name, ignored, self.problem_type)
-            if kwargs.get("fine_tune") is not None and "fine_tune" in ignored:
-                logger.warning(
-                    "%s: fine_tune=%r is ignored for problem_type=%r (the %s estimator has no finetuning); the model "
-                    "predicts in context only.", self.name, kwargs["fine_tune"], self.problem_type,
-                    estimator_cls.__name__,
-                )
         kwargs = {name: value for name, value in kwargs.items() if name in task_names}
         if isinstance(kwargs.get("checkpoint"), dict):
             kwargs["checkpoint"] = self._checkpoint_for_task(kwargs["checkpoint"])

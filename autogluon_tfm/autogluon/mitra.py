@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from autogluon_tfm.autogluon.base import TFMBaseModel
+from autogluon_tfm.autogluon.base import TFMBaseModel, limits
 
 
 class MitraModel(TFMBaseModel):
@@ -27,4 +27,6 @@ class MitraModel(TFMBaseModel):
     estimator_model_name = "mitra"
     network_bytes_estimate = 300 * 1024**2  # official Mitra: ~72M fp32 parameters
     embedding_dim_estimate = 512  # one 512-wide token per cell
+    # Attention over every cell: memory and time grow with rows x features (the official limits of the architecture).
+    _default_auxiliary_params_extra = limits(max_rows=10_000, max_features=500)
     _supported_problem_types = ["binary", "multiclass", "regression"]

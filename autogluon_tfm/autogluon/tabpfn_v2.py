@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from autogluon_tfm.autogluon.base import TFMBaseModel
+from autogluon_tfm.autogluon.base import TFMBaseModel, limits
 
 
 class TabPFNv2Model(TFMBaseModel):
@@ -27,3 +27,5 @@ class TabPFNv2Model(TFMBaseModel):
     estimator_model_name = "tabpfnv2"
     network_bytes_estimate = 60 * 1024**2  # official TabPFN v2: ~7M fp32 parameters + buffers
     embedding_dim_estimate = 192  # one 192-wide embedding per feature group and row
+    # Attention over every cell: memory and time grow with rows x features (the official limits of the architecture).
+    _default_auxiliary_params_extra = limits(max_rows=10_000, max_features=500)
