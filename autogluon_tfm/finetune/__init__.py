@@ -1,10 +1,18 @@
 """Finetuning of the in-context tabular networks on a user's table: full or LoRA, with early stopping.
 
-Entry point: :func:`finetune` (network + :class:`ClassificationFinetuneData` + :class:`FinetuneConfig`); the
-estimators call it from ``fit`` when ``fine_tune="full" | "lora"``.
+Entry point: :func:`finetune` (network + :class:`ClassificationFinetuneData` or :class:`RegressionFinetuneData` +
+:class:`FinetuneConfig`); the estimators call it from ``fit`` when ``fine_tune="full" | "lora"``.
 """
 
-from autogluon_tfm.finetune.data import ClassificationFinetuneData, FinetuneData, StepBatch, stratified_split
+from autogluon_tfm.finetune.data import (
+    ClassificationFinetuneData,
+    FinetuneData,
+    RegressionFinetuneData,
+    StepBatch,
+    TableFinetuneData,
+    stratified_split,
+    target_bins,
+)
 from autogluon_tfm.finetune.lora import DEFAULT_LORA_TARGETS, add_lora, merge_lora
 from autogluon_tfm.finetune.trainer import FINETUNE_MODES, FinetuneConfig, FinetuneReport, finetune
 
@@ -15,9 +23,12 @@ __all__ = [
     "FinetuneConfig",
     "FinetuneData",
     "FinetuneReport",
+    "RegressionFinetuneData",
     "StepBatch",
+    "TableFinetuneData",
     "add_lora",
     "finetune",
     "merge_lora",
     "stratified_split",
+    "target_bins",
 ]

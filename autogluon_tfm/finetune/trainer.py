@@ -1,10 +1,11 @@
-"""Finetuning loop for in-context tabular networks (full or LoRA), with early stopping on validation log loss.
+"""Finetuning loop for in-context tabular networks (full or LoRA), with early stopping on a validation loss.
 
 Each step samples one in-context task from the training rows (about ``rows_per_step`` rows, split into context and
 query), runs the network in training mode and minimises the query rows' loss with AdamW, linear warm-up then cosine
-decay, and gradient clipping. The validation loss is measured before the first step and every ``eval_every`` steps;
-the best weights seen (the pretrained ones included) are restored at the end, so finetuning never returns weights
-that are worse on validation than the pretrained ones.
+decay, and gradient clipping. The validation loss (the data's: log loss for classification, the regression head's
+loss for regression) is measured before the first step and every ``eval_every`` steps; the best weights seen (the
+pretrained ones included) are restored at the end, so finetuning never returns weights that are worse on validation
+than the pretrained ones.
 """
 
 from __future__ import annotations
@@ -100,7 +101,8 @@ class FinetuneConfig:
 class FinetuneReport:
     """What happened in :func:`finetune` (no tensors: cheap to keep on a fitted estimator).
 
-    ``initial_loss`` / ``best_loss`` are validation log losses (``None`` without validation); ``best_step`` is the step
+    ``initial_loss`` / ``best_loss`` are validation losses (``None`` without validation; log loss for
+    classification, the head's loss in the scaled target space for regression); ``best_step`` is the step
     whose weights were returned (0 = the pretrained weights); ``history`` holds one ``(step, mean training loss since
     the previous pass, validation loss, seconds since start)`` tuple per validation pass.
     """
@@ -205,7 +207,7 @@ def _finetune(
         eval_seconds = time.monotonic() - eval_start
         report.history.append((0, None, report.initial_loss, time.monotonic() - start))
         best_state = snapshot()
-        logger.info("Finetuning: validation log loss before the first step %.5f", report.initial_loss)
+        logger.info("Finetuning: validation loss before the first step %.5f", report.initial_loss)
 
     params = list(trainable.values())
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -263,10 +265,10 @@ def _finetune(
                 report.best_loss, report.best_step = val_loss, step
                 best_state = snapshot()
                 evals_without_improvement = 0
-                logger.info("Finetuning step %d: validation log loss improved to %.5f", step, val_loss)
+                logger.info("Finetuning step %d: validation loss improved to %.5f", step, val_loss)
             else:
                 evals_without_improvement += 1
-            progress.set_postfix(val_log_loss=f"{val_loss:.4f}", best=f"{report.best_loss:.4f}", refresh=False)
+            progress.set_postfix(val_loss=f"{val_loss:.4f}", best=f"{report.best_loss:.4f}", refresh=False)
             if evals_without_improvement >= config.patience:
                 report.stop_reason = f"no improvement in {config.patience} validation passes (early stopping)"
                 break
@@ -290,7 +292,7 @@ def _finetune(
         report.seconds,
         report.best_step,
         (
-            f" (validation log loss {report.initial_loss:.5f} -> {report.best_loss:.5f})"
+            f" (validation loss {report.initial_loss:.5f} -> {report.best_loss:.5f})"
             if report.best_loss is not None
             else ""
         ),

@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,12 +24,13 @@ from tqdm.auto import tqdm
 from autogluon_tfm.inference.ensemble import FEATURE_SHUFFLE_METHODS, EnsembleMember
 from autogluon_tfm.inference.preprocessing import NORM_METHODS, as_frame
 
-__all__ = ["PRECISIONS", "InContextEstimator", "resolve_device", "resolve_precision"]
+__all__ = ["FINE_TUNE_MODES", "PRECISIONS", "InContextEstimator", "resolve_device", "resolve_precision"]
 
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+FINE_TUNE_MODES = (None, "full", "lora")
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -61,7 +63,25 @@ class InContextEstimator(BaseEstimator):
     Subclasses set :attr:`_task` and use the fitted attributes ``members_``, ``network_``, ``device_``,
     ``precision_``, ``n_features_in_`` and ``feature_names_in_`` (DataFrame input). Parameters read here:
     ``model``, ``checkpoint``, ``n_estimators``, ``norm_methods``, ``feat_shuffle``, ``outlier_threshold``,
-    ``batch_size``, ``device``, ``precision``, ``random_state``.
+    ``batch_size``, ``device``, ``precision``, ``random_state``, ``verbose``, and the finetuning parameters both
+    estimators share:
+
+    - ``fine_tune``: ``None`` (in-context learning only), ``"full"`` (all weights) or ``"lora"`` (LoRA adapters,
+      merged into the weights afterwards): finetune a copy of the network on the training table in ``fit``;
+    - ``fine_tune_steps``: maximum finetuning steps (one sampled context/query task of ~1,024 rows per step);
+    - ``learning_rate``: peak AdamW learning rate of finetuning;
+    - ``lora_rank``, ``lora_alpha``, ``lora_dropout``: LoRA adapter settings (``fine_tune="lora"``);
+    - ``lora_target_modules``: names of the ``nn.Linear`` layers that get adapters; ``None`` = attention projections
+      and feed-forward layers (``autogluon_tfm.finetune.DEFAULT_LORA_TARGETS``);
+    - ``validation_fraction``: share of the training rows held out (stratified by class, or by target quantile bin
+      for regression) for early stopping when ``fit`` gets no ``X_val``; 0 = no early stopping (exactly
+      ``fine_tune_steps`` steps);
+    - ``time_limit``: seconds for ``fit`` (finetuning stops early to respect it); ``None`` = no limit.
+
+    Finetuning early-stops on the validation loss of the ensemble prediction (up to 4 members, training rows as
+    context), measured before the first step and every 5 steps, and keeps the best weights seen, the pretrained ones
+    included; ``fine_tune_report_`` (a :class:`autogluon_tfm.finetune.FinetuneReport`, None without finetuning) says
+    what happened. The finetuned network is ``network_``: predictions and pickles use it.
     """
 
     #: ``"classification"`` or ``"regression"``: the kind of network this estimator needs.
@@ -89,6 +109,38 @@ class InContextEstimator(BaseEstimator):
         if self.precision not in PRECISIONS:
             raise ValueError(f"Unknown precision {self.precision!r}; expected one of {PRECISIONS}.")
         return norm_methods
+
+    def _validate_fine_tune_params(self) -> None:
+        """Check the finetuning parameters (all of them when ``fine_tune`` is set) before any work."""
+        if self.fine_tune not in FINE_TUNE_MODES:
+            raise ValueError(f"Unknown fine_tune {self.fine_tune!r}; expected one of {FINE_TUNE_MODES}.")
+        if self.time_limit is not None and not self.time_limit > 0:
+            raise ValueError(f"time_limit must be > 0 seconds or None, got {self.time_limit!r}.")
+        if self.fine_tune is None:
+            return
+        if not 0 <= self.validation_fraction < 1:
+            raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}.")
+        steps = self.fine_tune_steps
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+            raise ValueError(f"fine_tune_steps must be a non-negative integer, got {steps!r}.")
+        self._fine_tune_config()  # validates the remaining finetuning settings
+
+    def _fine_tune_config(self, time_limit: float | None = None):
+        from autogluon_tfm.finetune import DEFAULT_LORA_TARGETS, FinetuneConfig
+
+        targets = self.lora_target_modules
+        if isinstance(targets, str):
+            targets = (targets,)
+        return FinetuneConfig(
+            mode=self.fine_tune,
+            max_steps=self.fine_tune_steps,
+            learning_rate=self.learning_rate,
+            lora_rank=self.lora_rank,
+            lora_alpha=self.lora_alpha,
+            lora_dropout=self.lora_dropout,
+            lora_target_modules=DEFAULT_LORA_TARGETS if targets is None else tuple(targets),
+            time_limit=time_limit,
+        )
 
     def _random_seed(self) -> int | None:
         if self.random_state is None or isinstance(self.random_state, (int, np.integer)):
@@ -149,6 +201,70 @@ class InContextEstimator(BaseEstimator):
             yield
         finally:
             network.train(was_training)
+
+    # ---------------------------------------------------------------------------------------------- finetuning
+    def _preprocessed_by_method(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Rows of a checked table (e.g. validation rows) encoded and preprocessed for every normalisation method."""
+        X_encoded = self.encoder_.transform(frame)
+        methods = self.preprocessor_.train_transformed_
+        return {method: self.preprocessor_.transform(X_encoded, method) for method in methods}
+
+    def _fine_tune(
+        self,
+        y_train: np.ndarray,
+        strata: np.ndarray,
+        validation: tuple[Mapping[str, np.ndarray], np.ndarray] | None,
+        data_cls: type,
+        task_args: dict[str, Any],
+        seed: int | None,
+        fit_start: float,
+    ) -> None:
+        """Finetune a copy of ``network_`` (a module given as ``checkpoint`` is never modified) and keep it.
+
+        ``y_train`` are the targets of the preprocessed training rows; ``validation`` the preprocessed validation
+        rows per method and their targets, or None: then ``validation_fraction`` of the training rows is held out,
+        stratified by ``strata`` (class ids, or target bins). The task's data object is
+        ``data_cls(X_train, y_train, X_val=..., y_val=..., members=..., feat_shuffle=..., **task_args)`` (a
+        :class:`autogluon_tfm.finetune.TableFinetuneData`).
+        """
+        from autogluon_tfm.finetune import finetune, stratified_split
+
+        X_train = self.preprocessor_.train_transformed_
+        X_val, y_val = validation if validation is not None else (None, None)
+        if validation is None and self.validation_fraction > 0:
+            rng = np.random.default_rng(seed)
+            train_rows, val_rows = stratified_split(strata, len(strata), float(self.validation_fraction), rng)
+            if len(val_rows) == 0 or len(train_rows) < 2:
+                logger.warning("Too few rows (%d) to hold out validation rows; skipping finetuning.", len(y_train))
+                return
+            X_val = {method: X[val_rows] for method, X in X_train.items()}
+            y_val = y_train[val_rows]
+            X_train = {method: X[train_rows] for method, X in X_train.items()}
+            y_train = y_train[train_rows]
+        if len(y_train) < 2:
+            logger.warning("Too few training rows (%d) to finetune; skipping finetuning.", len(y_train))
+            return
+        data = data_cls(
+            X_train,
+            y_train,
+            X_val=X_val,
+            y_val=y_val,
+            members=self.members_,
+            feat_shuffle=self.feat_shuffle != "none",
+            **task_args,
+        )
+        time_left = None
+        if self.time_limit is not None:
+            time_left = max(float(self.time_limit) - (time.monotonic() - fit_start), 0.0)
+        self.network_, self.fine_tune_report_ = finetune(
+            self.network_,
+            data,
+            self._fine_tune_config(time_limit=time_left),
+            device=self.device_,
+            precision=self.precision_,
+            seed=seed,
+            verbose=bool(self.verbose),
+        )
 
     # ------------------------------------------------------------------------------------------------- predict
     def _validate_predict_input(self, X: Any) -> pd.DataFrame:

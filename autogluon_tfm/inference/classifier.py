@@ -22,24 +22,20 @@ from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.multiclass import type_of_target
 from tqdm.auto import tqdm
 
-from autogluon_tfm.inference.base import (  # noqa: F401 - resolve_* / PRECISIONS re-exported for compatibility
+from autogluon_tfm.inference.base import (  # noqa: F401 - resolve_*, PRECISIONS, FINE_TUNE_MODES re-exported
+    FINE_TUNE_MODES,
     PRECISIONS,
     InContextEstimator,
     resolve_device,
     resolve_precision,
 )
 from autogluon_tfm.inference.ensemble import EnsembleMember, build_ensemble
-from autogluon_tfm.inference.hierarchical import build_class_tree, hierarchical_proba, softmax
+from autogluon_tfm.inference.hierarchical import build_class_tree, hierarchical_proba, proba_to_logits, softmax
 from autogluon_tfm.inference.preprocessing import EnsemblePreprocessor, TableEncoder
 
 __all__ = ["TFMClassifier"]
 
 logger = logging.getLogger(__name__)
-
-FINE_TUNE_MODES = (None, "full", "lora")
-# Hierarchical members turn probabilities back into logits as temperature * log(p + eps) so that logit averaging
-# across members and the final softmax(avg / temperature) treat them like ordinary members.
-_HIERARCHICAL_LOG_EPS = 1e-6
 
 
 class TFMClassifier(ClassifierMixin, InContextEstimator):
@@ -61,20 +57,14 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
         precision: ``"auto"`` (bf16 autocast on CUDA, fp32 on CPU), ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast).
         random_state: seed of the ensemble configuration (int for reproducible members).
         verbose: show progress bars (finetuning and prediction).
-        fine_tune: ``None`` (in-context learning only), ``"full"`` (all weights) or ``"lora"`` (LoRA adapters, merged
-            into the weights afterwards): finetune a copy of the network on the training table in ``fit``.
-        fine_tune_steps: maximum finetuning steps (one sampled context/query task of ~1,024 rows per step).
-        learning_rate: peak AdamW learning rate of finetuning.
-        lora_rank, lora_alpha, lora_dropout: LoRA adapter settings (``fine_tune="lora"``).
-        lora_target_modules: names of the ``nn.Linear`` layers that get adapters; ``None`` = attention projections
-            and feed-forward layers (``autogluon_tfm.finetune.DEFAULT_LORA_TARGETS``).
-        validation_fraction: share of the training rows held out (stratified) for early stopping when ``fit`` gets no
-            ``X_val``; 0 = no early stopping (exactly ``fine_tune_steps`` steps).
-        time_limit: seconds for ``fit`` (finetuning stops early to respect it); ``None`` = no limit.
+        fine_tune, fine_tune_steps, learning_rate, lora_rank, lora_alpha, lora_dropout, lora_target_modules,
+            validation_fraction, time_limit: finetuning in ``fit`` (shared with ``TFMRegressor``, described in
+            :class:`~autogluon_tfm.inference.base.InContextEstimator`).
 
-    Finetuning early-stops on the log loss of the ensemble prediction (up to 4 members, training rows as context) on
-    the validation rows, measured before the first step and every 5 steps, and keeps the best weights seen, the
-    pretrained ones included. ``classes_`` come from ``y`` only; validation rows with other labels are ignored.
+    Finetuning early-stops on the log loss of the ensemble prediction on the validation rows. ``classes_`` come from
+    ``y`` only; validation rows with other labels are ignored. With more classes than the network's ``max_classes``
+    (hierarchical prediction), each step trains one node of the class tree (group or class labels of that node's
+    rows, at most ``max_classes`` of them), and validation scores the hierarchical prediction.
 
     Fitted attributes: ``classes_``, ``n_classes_``, ``n_features_in_``, ``feature_names_in_`` (DataFrame input),
     ``encoder_``, ``preprocessor_``, ``members_``, ``network_``, ``checkpoint_path_``, ``device_``, ``precision_``,
@@ -139,35 +129,8 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
         norm_methods = self._validate_common_params()  # shared with TFMRegressor (inference/base.py)
         if not self.softmax_temperature > 0:
             raise ValueError(f"softmax_temperature must be > 0, got {self.softmax_temperature!r}.")
-        if self.fine_tune not in FINE_TUNE_MODES:
-            raise ValueError(f"Unknown fine_tune {self.fine_tune!r}; expected one of {FINE_TUNE_MODES}.")
-        if self.time_limit is not None and not self.time_limit > 0:
-            raise ValueError(f"time_limit must be > 0 seconds or None, got {self.time_limit!r}.")
-        if self.fine_tune is not None:
-            if not 0 <= self.validation_fraction < 1:
-                raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}.")
-            steps = self.fine_tune_steps
-            if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
-                raise ValueError(f"fine_tune_steps must be a non-negative integer, got {steps!r}.")
-            self._fine_tune_config()  # validates the finetuning settings now, before any work
+        self._validate_fine_tune_params()
         return norm_methods
-
-    def _fine_tune_config(self, time_limit: float | None = None):
-        from autogluon_tfm.finetune import DEFAULT_LORA_TARGETS, FinetuneConfig
-
-        targets = self.lora_target_modules
-        if isinstance(targets, str):
-            targets = (targets,)
-        return FinetuneConfig(
-            mode=self.fine_tune,
-            max_steps=self.fine_tune_steps,
-            learning_rate=self.learning_rate,
-            lora_rank=self.lora_rank,
-            lora_alpha=self.lora_alpha,
-            lora_dropout=self.lora_dropout,
-            lora_target_modules=DEFAULT_LORA_TARGETS if targets is None else tuple(targets),
-            time_limit=time_limit,
-        )
 
     @staticmethod
     def _validate_labels(y: Any, n_rows: int) -> np.ndarray:
@@ -267,12 +230,7 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
         )
         self.fine_tune_report_ = None
         if self.fine_tune is not None:
-            if self.class_tree_ is not None:
-                raise ValueError(
-                    f"finetuning supports at most {max_classes} classes; use fine_tune=None (hierarchical ICL) for "
-                    f"the {self.n_classes_} classes of y."
-                )
-            self._run_fine_tune(X_encoded, label_encoder, X_val, y_val, seed, fit_start)
+            self._run_fine_tune(label_encoder, X_val, y_val, seed, fit_start)
         logger.info(
             "TFMClassifier fitted: %d rows, %d features (%d after encoding/filtering), %d classes%s, %d members, "
             "device=%s, precision=%s, checkpoint=%s",
@@ -289,23 +247,14 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
         return self
 
     def _run_fine_tune(
-        self,
-        X_encoded: np.ndarray,
-        label_encoder: LabelEncoder,
-        X_val: Any,
-        y_val: Any,
-        seed: int | None,
-        fit_start: float,
+        self, label_encoder: LabelEncoder, X_val: Any, y_val: Any, seed: int | None, fit_start: float
     ) -> None:
-        """Finetune a copy of ``network_`` (the module given as ``checkpoint`` is never modified) and keep it."""
-        from autogluon_tfm.finetune import ClassificationFinetuneData, finetune, stratified_split
+        """Finetune on the training table; validation rows with labels outside ``classes_`` are dropped."""
+        from autogluon_tfm.finetune import ClassificationFinetuneData
 
-        methods = list(self.preprocessor_.train_transformed_)
-        X_train = self.preprocessor_.train_transformed_
-        y_train = self.y_train_
-        X_val_by_method, y_val_encoded = None, None
         if (X_val is None) != (y_val is None):
             raise ValueError("Pass both X_val and y_val, or neither.")
+        validation = None
         if X_val is not None:
             frame = self._validate_predict_input(X_val)
             labels = self._validate_labels(y_val, len(frame))
@@ -315,47 +264,21 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
                     "Ignoring %d validation rows whose labels are not among the training classes.", (~known).sum()
                 )
             if known.any():
-                X_val_encoded = self.encoder_.transform(frame.iloc[np.flatnonzero(known)])
-                X_val_by_method = {m: self.preprocessor_.transform(X_val_encoded, m) for m in methods}
-                y_val_encoded = label_encoder.transform(labels[known]).astype(np.int64)
+                validation = (
+                    self._preprocessed_by_method(frame.iloc[np.flatnonzero(known)]),
+                    label_encoder.transform(labels[known]).astype(np.int64),
+                )
             else:
                 logger.warning("No usable validation rows; holding out part of the training rows instead.")
-        if X_val_by_method is None and self.validation_fraction > 0:
-            rng = np.random.default_rng(seed)
-            train_rows, val_rows = stratified_split(y_train, len(y_train), float(self.validation_fraction), rng)
-            if len(val_rows) == 0 or len(train_rows) < 2:
-                logger.warning("Too few rows (%d) to hold out validation rows; skipping finetuning.", len(y_train))
-                return
-            X_val_by_method = {m: X_train[m][val_rows] for m in methods}
-            y_val_encoded = y_train[val_rows]
-            X_train = {m: X_train[m][train_rows] for m in methods}
-            y_train = y_train[train_rows]
-        if len(y_train) < 2:
-            logger.warning("Too few training rows (%d) to finetune; skipping finetuning.", len(y_train))
-            return
-        data = ClassificationFinetuneData(
-            X_train,
-            y_train,
-            self.n_classes_,
-            X_val=X_val_by_method,
-            y_val=y_val_encoded,
-            members=self.members_,
-            feat_shuffle=self.feat_shuffle != "none",
+
+        task_args = dict(
+            n_classes=self.n_classes_,
             class_shift=bool(self.class_shift),
             softmax_temperature=self.softmax_temperature,
+            max_classes=int(self.network_.max_classes),
         )
-        time_left = None
-        if self.time_limit is not None:
-            time_left = max(float(self.time_limit) - (time.monotonic() - fit_start), 0.0)
-        self.network_, self.fine_tune_report_ = finetune(
-            self.network_,
-            data,
-            self._fine_tune_config(time_limit=time_left),
-            device=self.device_,
-            precision=self.precision_,
-            seed=seed,
-            verbose=bool(self.verbose),
-        )
+        y_train = self.y_train_  # class ids: also the strata of an internal validation split
+        self._fine_tune(y_train, y_train, validation, ClassificationFinetuneData, task_args, seed, fit_start)
 
     # ------------------------------------------------------------------------------------------------- predict
     def predict_proba(self, X: Any) -> np.ndarray:
@@ -443,5 +366,5 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
             tree=self.class_tree_,
         )[:, member.class_pattern]
         if self.average_logits:
-            return self.softmax_temperature * np.log(proba + _HIERARCHICAL_LOG_EPS)
+            return proba_to_logits(proba, self.softmax_temperature)
         return proba

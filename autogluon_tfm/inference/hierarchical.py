@@ -17,7 +17,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["ClassNode", "build_class_tree", "hierarchical_proba", "softmax"]
+__all__ = ["ClassNode", "build_class_tree", "hierarchical_proba", "proba_to_logits", "softmax"]
+
+# Probabilities become logits as temperature * log(p + eps), so that members built from probabilities (hierarchical
+# ones) average with ordinary members' logits and go through the same softmax(average / temperature).
+_LOG_EPS = 1e-6
 
 # Signature of the network call used by the tree: (indices of the node's training rows, their labels in
 # 0..n_labels-1, n_labels) -> logits of every test row, shape (n_test, >= n_labels).
@@ -30,6 +34,11 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     scaled = scaled - scaled.max(axis=-1, keepdims=True)
     exp = np.exp(scaled)
     return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def proba_to_logits(proba: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Pseudo-logits ``temperature * log(proba + 1e-6)`` whose ``softmax(. / temperature)`` is (about) ``proba``."""
+    return temperature * np.log(proba + _LOG_EPS)
 
 
 @dataclass
@@ -48,6 +57,24 @@ class ClassNode:
 
     def count_nodes(self) -> int:
         return 1 + sum(child.count_nodes() for child in self.children)
+
+    def nodes(self) -> list[ClassNode]:
+        """This node and all nodes below it (depth first)."""
+        return [self, *(node for child in self.children for node in child.nodes())]
+
+    @property
+    def n_labels(self) -> int:
+        """How many labels the network tells apart at this node: child groups, or classes at a leaf."""
+        return len(self.children) if self.children else len(self.classes)
+
+    def local_labels(self, labels: np.ndarray) -> np.ndarray:
+        """Class ids (all among :attr:`classes`) -> the labels the network sees at this node, in
+        ``0..n_labels-1``: the child group holding the class, or the class's position at a leaf."""
+        labels = np.asarray(labels, dtype=np.int64)
+        if self.is_leaf:
+            return np.searchsorted(self.classes, labels)
+        group_starts = np.array([child.classes[0] for child in self.children])  # children: contiguous, in order
+        return np.searchsorted(group_starts, labels, side="right") - 1
 
 
 def build_class_tree(classes: Sequence[int], max_classes: int) -> ClassNode:
@@ -96,26 +123,20 @@ def hierarchical_proba(
     tree = tree if tree is not None else build_class_tree(range(n_classes), max_classes)
 
     def node_proba(node: ClassNode) -> np.ndarray:
-        rows = np.flatnonzero(np.isin(y_train, node.classes))
         proba = np.zeros((n_test, n_classes))
-        if node.is_leaf:
-            if len(node.classes) == 1:
-                proba[:, node.classes[0]] = 1.0
-                return proba
-            local_labels = np.searchsorted(node.classes, y_train[rows])
-            n_labels = len(node.classes)
-            proba[:, node.classes] = softmax(
-                node_logits(rows, local_labels, n_labels)[:, :n_labels], softmax_temperature
-            )
+        if node.is_leaf and len(node.classes) == 1:
+            proba[:, node.classes[0]] = 1.0
             return proba
-        group_of_class = np.zeros(n_classes, dtype=np.int64)
+        rows = np.flatnonzero(np.isin(y_train, node.classes))
+        n_labels = node.n_labels
+        label_proba = softmax(
+            node_logits(rows, node.local_labels(y_train[rows]), n_labels)[:, :n_labels], softmax_temperature
+        )
+        if node.is_leaf:
+            proba[:, node.classes] = label_proba
+            return proba
         for group, child in enumerate(node.children):
-            group_of_class[child.classes] = group
-        n_groups = len(node.children)
-        group_labels = group_of_class[y_train[rows]]
-        group_proba = softmax(node_logits(rows, group_labels, n_groups)[:, :n_groups], softmax_temperature)
-        for group, child in enumerate(node.children):
-            proba += group_proba[:, group : group + 1] * node_proba(child)
+            proba += label_proba[:, group : group + 1] * node_proba(child)
         return proba
 
     return node_proba(tree)

@@ -3,13 +3,16 @@
 ``fit`` encodes and remembers the training table and scales the target into the space the network was trained on
 (z-score for TabICL / TabPFN v2, min-max for Mitra); ``predict`` runs the network on (training rows + test rows) for
 every ensemble member (normalisation variant x feature order), reads each member's predicted distribution through
-the network's regression head, averages over members and maps back to the target's scale.
+the network's regression head, averages over members and maps back to the target's scale. With
+``fine_tune="full" | "lora"``, ``fit`` also finetunes a copy of the network on the training table
+(:mod:`autogluon_tfm.finetune`) and predicts with it afterwards.
 """
 
 from __future__ import annotations
 
 import logging
 import numbers
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -110,7 +113,13 @@ class TFMRegressor(RegressorMixin, InContextEstimator):
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, or a ``torch.device``.
         precision: ``"auto"`` (bf16 autocast on CUDA, fp32 on CPU), ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast).
         random_state: seed of the ensemble configuration (int for reproducible members).
-        verbose: show a progress bar during prediction.
+        verbose: show progress bars (finetuning and prediction).
+        fine_tune, fine_tune_steps, learning_rate, lora_rank, lora_alpha, lora_dropout, lora_target_modules,
+            validation_fraction, time_limit: finetuning in ``fit`` (shared with ``TFMClassifier``, described in
+            :class:`~autogluon_tfm.inference.base.InContextEstimator`). Each step scales the targets by its context
+            rows and trains the head's loss (TabICL: pinball over the quantiles; TabPFN v2: bar-distribution
+            cross-entropy; Mitra: squared error); early stopping watches the same loss of the ensemble prediction on
+            the validation rows. A constant target is never finetuned (it is predicted exactly).
 
     ``predict`` returns the mean of the predicted distribution averaged over members; ``predict_quantiles`` the
     quantiles of the members' averaged distribution (TabICL: members' quantiles averaged; TabPFN v2: mixture of the
@@ -120,7 +129,8 @@ class TFMRegressor(RegressorMixin, InContextEstimator):
     Fitted attributes: ``n_features_in_``, ``feature_names_in_`` (DataFrame input), ``encoder_``, ``preprocessor_``,
     ``members_``, ``network_``, ``checkpoint_path_``, ``device_``, ``precision_``, ``head_`` (how the network's
     output is read), ``target_scaler_`` (None for a constant target), ``constant_target_`` (the constant, else
-    None), ``y_train_`` (scaled training targets).
+    None), ``y_train_`` (scaled training targets), ``fine_tune_report_`` (a
+    :class:`autogluon_tfm.finetune.FinetuneReport`, or None without finetuning).
     """
 
     _task = "regression"
@@ -138,6 +148,15 @@ class TFMRegressor(RegressorMixin, InContextEstimator):
         precision: str = "auto",
         random_state: int | None = 0,
         verbose: bool = False,
+        fine_tune: str | None = None,
+        fine_tune_steps: int = 200,
+        learning_rate: float = 1e-4,
+        lora_rank: int = 8,
+        lora_alpha: float = 16.0,
+        lora_dropout: float = 0.05,
+        lora_target_modules: Sequence[str] | None = None,
+        validation_fraction: float = 0.2,
+        time_limit: float | None = None,
     ):
         self.model = model
         self.checkpoint = checkpoint
@@ -150,11 +169,27 @@ class TFMRegressor(RegressorMixin, InContextEstimator):
         self.precision = precision
         self.random_state = random_state
         self.verbose = verbose
+        self.fine_tune = fine_tune
+        self.fine_tune_steps = fine_tune_steps
+        self.learning_rate = learning_rate
+        self.lora_rank = lora_rank
+        self.lora_alpha = lora_alpha
+        self.lora_dropout = lora_dropout
+        self.lora_target_modules = lora_target_modules
+        self.validation_fraction = validation_fraction
+        self.time_limit = time_limit
 
     # ------------------------------------------------------------------------------------------------------- fit
-    def fit(self, X: Any, y: Any) -> TFMRegressor:
-        """Encode and remember the training table and its scaled targets (no network forward)."""
+    def fit(self, X: Any, y: Any, X_val: Any = None, y_val: Any = None) -> TFMRegressor:
+        """Encode and remember the training table and its scaled targets (no network forward).
+
+        With ``fine_tune`` set, also finetune a copy of the network; ``X_val`` / ``y_val`` (optional) are the rows its
+        early stopping watches (else ``validation_fraction`` of the training rows). Without ``fine_tune`` they are
+        ignored.
+        """
+        fit_start = time.monotonic()
         norm_methods = self._validate_common_params()
+        self._validate_fine_tune_params()
         seed = self._random_seed()
         frame = self._as_table(X, "X")
         n_rows, n_columns = frame.shape
@@ -199,6 +234,9 @@ class TFMRegressor(RegressorMixin, InContextEstimator):
             scaling = getattr(self.network_, "regression_target_scaling", "zscore")
             self.target_scaler_ = TargetScaler(scaling).fit(targets)
             self.y_train_ = self.target_scaler_.transform(targets)
+        self.fine_tune_report_ = None
+        if self.fine_tune is not None:
+            self._run_fine_tune(X_val, y_val, seed, fit_start)
         logger.info(
             "TFMRegressor fitted: %d rows, %d features (%d after encoding/filtering), %d members, head=%s, "
             "target scaling=%s, device=%s, precision=%s, checkpoint=%s",
@@ -213,6 +251,26 @@ class TFMRegressor(RegressorMixin, InContextEstimator):
             self.checkpoint_path_,
         )
         return self
+
+    def _run_fine_tune(self, X_val: Any, y_val: Any, seed: int | None, fit_start: float) -> None:
+        """Finetune on the training table (targets in the scaled space of ``y_train_``)."""
+        from autogluon_tfm.finetune import RegressionFinetuneData, target_bins
+
+        if (X_val is None) != (y_val is None):
+            raise ValueError("Pass both X_val and y_val, or neither.")
+        validation = None
+        if X_val is not None:
+            frame = self._validate_predict_input(X_val)
+            targets = _validate_targets(y_val, len(frame))
+            if len(frame) and self.target_scaler_ is not None:
+                validation = (self._preprocessed_by_method(frame), self.target_scaler_.transform(targets))
+        if self.constant_target_ is not None:
+            logger.warning("The training target is constant (predicted exactly without the network); not finetuning.")
+            return
+
+        strata = target_bins(self.y_train_)
+        task_args = {"network": self.network_}
+        self._fine_tune(self.y_train_, strata, validation, RegressionFinetuneData, task_args, seed, fit_start)
 
     # ------------------------------------------------------------------------------------------------- predict
     def predict(self, X: Any) -> np.ndarray:
