@@ -116,10 +116,21 @@ class TFMBaseModel(AbstractTorchModel):
 
     #: ``model=`` argument of the estimator, i.e. the network architecture (set by each subclass).
     estimator_model_name: str | None = None
-    #: Rough size of the network in memory, used by the static memory estimate before any weights are loaded.
+    # Memory model of `_estimate_memory_usage_static` / `_estimate_gpu_memory_usage_static`, per architecture; the
+    # values of each subclass are calibrated with benchmarks/memory.py (benchmarks/results/memory.md).
+    #: fp32 weights (+ buffers) of the official full-size network, in bytes.
     network_bytes_estimate: int = 200 * 1024**2
-    #: Width of the per-cell embedding that dominates activation memory (see `_estimate_memory_usage_static`).
+    #: Width of the per-token embedding that dominates activation memory.
     embedding_dim_estimate: int = 128
+    #: Embedding-wide fp32 vectors alive per token at the peak of one inference call (residual stream, normalised
+    #: copy, attention projections, the feed-forward hidden layer before and after its activation, ...).
+    activation_vectors_per_token: float = 16.0
+    #: Input features embedded into one token (TabPFNv2 embeds feature pairs) ...
+    features_per_token: int = 1
+    #: ... and the extra tokens of every row (label / CLS tokens).
+    extra_tokens_per_row: int = 1
+    #: Transformer blocks whose activations a finetuning step keeps for the backward pass (per-token blocks only).
+    num_blocks_estimate: int = 12
 
     # The shipped networks are small and built for CPU use; AutoGluon's "GPU strongly recommended" warning (meant
     # for full-size official checkpoints) would mislead here. A GPU is still used by default when present.
@@ -310,39 +321,104 @@ class TFMBaseModel(AbstractTorchModel):
         self._fit_device = self.to_torch_device(device).type
 
     # ------------------------------------------------------------------------------------------------ memory
+    # Process baseline: Python + torch + autogluon_tfm + AutoGluon imports (~420 MB measured) plus what the first fit
+    # adds whatever the data (lazy imports, thread pools, allocator caches: ~200-300 MB measured).
+    _MEMORY_OVERHEAD_BYTES = 800 * 1024**2
+    # CUDA context + caching-allocator slack, outside ``torch.cuda.max_memory_allocated``.
+    _CUDA_CONTEXT_BYTES = 600 * 1024**2
+    # Margin on the activation term (allocator fragmentation; measurement noise; the benchmark's one-block stand-ins
+    # for the slow full-depth networks).
+    _MEMORY_SAFETY_FACTOR = 1.25
+    # Test rows assumed next to the training context when AutoGluon passes no ``X_val``: a quarter of the rows
+    # (AutoGluon's holdout share; a bag fold predicts 1/k of the rows it is given).
+    _ESTIMATE_TEST_ROW_SHARE = 0.25
+    # Finetuning: copy of the network + gradients + two AdamW moments + best-weights snapshot, and one step of
+    # ``rows_per_step`` rows (autogluon_tfm.finetune.FinetuneConfig) whose activations are kept for the backward pass.
+    _FINE_TUNE_NETWORK_COPIES = 5
+    _FINE_TUNE_ROWS_PER_STEP = 1024
+
+    @staticmethod
+    def _explicit_gpu_count(num_gpus: Any) -> float | None:
+        """``num_gpus`` as AutoGluon passes it to a fit's memory checks; None when absent or not a number."""
+        if num_gpus is None or isinstance(num_gpus, (str, bool)):
+            return None
+        return max(float(num_gpus), 0.0)
+
+    @classmethod
+    def _activation_bytes_estimate(
+        cls, X: pd.DataFrame, hyperparameters: dict | None, X_val: pd.DataFrame | None = None
+    ) -> tuple[int, int]:
+        """(inference activations, finetuning extra) in bytes, with the safety factor, for the memory estimates.
+
+        Inference: one network call holds ``members_per_call x (train + test rows) x tokens_per_row`` tokens, each
+        with ``activation_vectors_per_token`` fp32 vectors of ``embedding_dim_estimate`` floats at its peak. Members
+        are batched per normalisation method, ``batch_size`` at a time (``autogluon_tfm.inference``), so a call holds
+        ``min(batch_size, ceil(n_estimators / len(norm_methods)))`` members. Test rows are ``X_val``'s, else
+        ``_ESTIMATE_TEST_ROW_SHARE`` of the training rows, at most ``max_test_rows_per_forward`` per call.
+        """
+        from autogluon_tfm.inference.base import InContextEstimator
+
+        hyperparameters = hyperparameters or {}
+        n_rows, n_features = X.shape
+        n_test = len(X_val) if X_val is not None else int(np.ceil(cls._ESTIMATE_TEST_ROW_SHARE * n_rows))
+        n_test = min(n_test, InContextEstimator.max_test_rows_per_forward)
+        norm_methods = hyperparameters.get("norm_methods", ("none", "power"))
+        n_methods = 1 if isinstance(norm_methods, str) else max(len(norm_methods), 1)
+        n_estimators = int(hyperparameters.get("n_estimators", 8))
+        members_per_call = min(int(hyperparameters.get("batch_size", 8)), -(-n_estimators // n_methods))
+        tokens_per_row = -(-max(n_features, 1) // cls.features_per_token) + cls.extra_tokens_per_row
+        bytes_per_token = cls.activation_vectors_per_token * cls.embedding_dim_estimate * 4
+        activations = members_per_call * (n_rows + n_test) * tokens_per_row * bytes_per_token
+        fine_tune = 0.0
+        if hyperparameters.get("fine_tune") is not None:
+            step_rows = min(n_rows, cls._FINE_TUNE_ROWS_PER_STEP)
+            fine_tune = cls._FINE_TUNE_NETWORK_COPIES * cls.network_bytes_estimate + cls._MEMORY_SAFETY_FACTOR * (
+                step_rows * tokens_per_row * bytes_per_token * cls.num_blocks_estimate
+            )
+        return int(cls._MEMORY_SAFETY_FACTOR * activations), int(fine_tune)
+
     @classmethod
     def _estimate_memory_usage_static(
         cls,
         *,
         X: pd.DataFrame,
         hyperparameters: dict | None = None,
+        X_val: pd.DataFrame | None = None,
+        num_gpus: float | None = None,
         **kwargs: Any,
     ) -> int:
-        """Peak RAM estimate for fit plus the first prediction (bytes), used by AutoGluon to skip or serialise fits.
+        """Peak RAM (bytes) of a process that fits and predicts once (AutoGluon's OOF / validation prediction),
+        used by AutoGluon to skip a fit or to lower the number of folds fitted in parallel.
 
-        Provisional formula, to be calibrated against measured peaks once the estimator and shipped weights settle:
-        4 x the DataFrame (copies made while encoding and per ensemble member) + the network + activations of one
-        batch of ensemble members, dominated by the per-cell embeddings ``rows x features x embed_dim`` in fp32.
+        ``overhead + network + 4 x DataFrame + 1.25 x activations (+ finetuning)``, with the activations of one
+        network call from :meth:`_activation_bytes_estimate` (linear in rows x features). A fit on a GPU
+        (``num_gpus > 0``, passed by AutoGluon's per-fit check) keeps the activations on the device, so they are
+        left out here (see :meth:`_estimate_gpu_memory_usage_static`). Calibrated against the peak RSS of fresh
+        processes (``benchmarks/memory.py``, results in ``benchmarks/results/memory.md``): 1.2-1.55x of the measured
+        peak across 500-8,000 rows x 10-50 features.
         """
-        hyperparameters = hyperparameters or {}
-        n_rows, n_features = X.shape
+        activation_bytes, fine_tune_bytes = cls._activation_bytes_estimate(X, hyperparameters, X_val)
+        if cls._explicit_gpu_count(num_gpus):
+            activation_bytes, fine_tune_bytes = 0, 0  # finetuning's network copies live on the device too
         data_bytes = 4 * int(get_approximate_df_mem_usage(X).sum())
-        n_members_per_batch = min(
-            int(hyperparameters.get("n_estimators", 8)), int(hyperparameters.get("batch_size", 8))
+        return int(
+            cls._MEMORY_OVERHEAD_BYTES + cls.network_bytes_estimate + data_bytes + activation_bytes + fine_tune_bytes
         )
-        bytes_per_float = 4
-        activation_bytes = (
-            n_members_per_batch * n_rows * max(n_features, 1) * cls.embedding_dim_estimate * bytes_per_float
-        )
-        overhead_bytes = 300 * 1024**2  # torch + estimator bookkeeping
-        fine_tune_bytes = 0
-        if hyperparameters.get("fine_tune") is not None:
-            # Gradients + two AdamW moments + best-weights copy, and one ~1,024-row step kept for backward
-            # (about 8 saved tensors of per-cell embeddings).
-            fine_tune_bytes = 4 * cls.network_bytes_estimate + (
-                8 * min(n_rows, 1024) * max(n_features, 1) * cls.embedding_dim_estimate * bytes_per_float
-            )
-        return int(data_bytes + cls.network_bytes_estimate + activation_bytes + overhead_bytes + fine_tune_bytes)
+
+    @classmethod
+    def _estimate_gpu_memory_usage_static(
+        cls, *, X: pd.DataFrame, hyperparameters: dict | None = None, **kwargs
+    ) -> int:
+        """Peak VRAM (bytes) of a fit + prediction on a GPU: ``CUDA context + network + 1.25 x activations
+        (+ finetuning)``, the same activation model as :meth:`_estimate_memory_usage_static` (fp32 activations are
+        assumed even under bf16 autocast, whose residual stream stays fp32). AutoGluon calls it only for fits that
+        get a GPU; 0 when ``num_gpus=0`` is passed explicitly. The activation constants come from CPU measurements
+        (``benchmarks/memory.py``; run with ``--device cuda`` to check against ``torch.cuda.max_memory_allocated``).
+        """
+        if cls._explicit_gpu_count(kwargs.get("num_gpus")) == 0:
+            return 0
+        activation_bytes, fine_tune_bytes = cls._activation_bytes_estimate(X, hyperparameters, kwargs.get("X_val"))
+        return int(cls._CUDA_CONTEXT_BYTES + cls.network_bytes_estimate + activation_bytes + fine_tune_bytes)
 
     # -------------------------------------------------------------------------------------------------- tags
     def _more_tags(self) -> dict:

@@ -25,8 +25,15 @@ class MitraModel(TFMBaseModel):
     ag_name = "Mitra"
     ag_priority = 55
     estimator_model_name = "mitra"
-    network_bytes_estimate = 300 * 1024**2  # official Mitra: ~72M fp32 parameters
-    embedding_dim_estimate = 512  # one 512-wide token per cell
+    # Memory model (TFMBaseModel._estimate_memory_usage_static), calibrated with benchmarks/memory.py: 75.7M fp32
+    # parameters; one 512-wide token per feature + the label token, ~13 vectors per token at the peak (the
+    # 2,048-wide feed-forward hidden layer before and after GELU is 8 of them).
+    network_bytes_estimate = 290 * 1024**2
+    embedding_dim_estimate = 512
+    activation_vectors_per_token = 13.0
+    features_per_token = 1
+    extra_tokens_per_row = 1
+    num_blocks_estimate = 24  # 12 layers of two attention blocks (across rows, across features)
     # Attention over every cell: memory and time grow with rows x features (the official limits of the architecture).
     _default_auxiliary_params_extra = limits(max_rows=10_000, max_features=500)
     _supported_problem_types = ["binary", "multiclass", "regression"]

@@ -25,5 +25,12 @@ class TabICLModel(TFMBaseModel):
     ag_name = "TabICL"
     ag_priority = 65
     estimator_model_name = "tabicl"
-    network_bytes_estimate = 120 * 1024**2  # official TabICL classifier: ~27M fp32 parameters + buffers
-
+    # Memory model (TFMBaseModel._estimate_memory_usage_static), calibrated with benchmarks/memory.py: 27.6M fp32
+    # parameters; one 128-wide embedding per cell, ~14 vectors per cell at the peak (in the column embedding; the
+    # row stage's 4 CLS tokens and the per-row ICL stage come after it and need less).
+    network_bytes_estimate = 110 * 1024**2
+    embedding_dim_estimate = 128
+    activation_vectors_per_token = 14.0
+    features_per_token = 1
+    extra_tokens_per_row = 0
+    num_blocks_estimate = 6  # column (3) + row (3) blocks act per cell; the 12 ICL blocks act per row

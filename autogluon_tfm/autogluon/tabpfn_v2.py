@@ -25,7 +25,13 @@ class TabPFNv2Model(TFMBaseModel):
     ag_name = "TabPFNv2"
     ag_priority = 60
     estimator_model_name = "tabpfnv2"
-    network_bytes_estimate = 60 * 1024**2  # official TabPFN v2: ~7M fp32 parameters + buffers
-    embedding_dim_estimate = 192  # one 192-wide embedding per feature group and row
+    # Memory model (TFMBaseModel._estimate_memory_usage_static), calibrated with benchmarks/memory.py: 7.2M fp32
+    # parameters; one 192-wide token per feature pair + the target token, ~11 vectors per token at the peak.
+    network_bytes_estimate = 30 * 1024**2
+    embedding_dim_estimate = 192
+    activation_vectors_per_token = 11.0
+    features_per_token = 2
+    extra_tokens_per_row = 1
+    num_blocks_estimate = 12
     # Attention over every cell: memory and time grow with rows x features (the official limits of the architecture).
     _default_auxiliary_params_extra = limits(max_rows=10_000, max_features=500)

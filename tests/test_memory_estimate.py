@@ -1,0 +1,120 @@
+"""The AutoGluon adapters' RAM / VRAM estimates (``TFMBaseModel._estimate_memory_usage_static`` and
+``_estimate_gpu_memory_usage_static``): how they scale, and one real measurement (benchmarks/memory.py) below them."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from _helpers import subprocess_env
+
+from autogluon_tfm.autogluon import MitraModel, TabICLModel, TabPFNv2Model
+from autogluon_tfm.autogluon.base import TFMBaseModel
+
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(_REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(_REPO_ROOT))
+
+from benchmarks import memory  # noqa: E402
+
+MODELS = [TabICLModel, TabPFNv2Model, MitraModel]
+
+
+def _frame(n_rows: int, n_features: int) -> pd.DataFrame:
+    values = np.random.default_rng(0).standard_normal((n_rows, n_features))
+    return pd.DataFrame(values, columns=[f"f{j}" for j in range(n_features)])
+
+
+def _ram(model_cls: type[TFMBaseModel], n_rows: int = 1000, n_features: int = 20, **hyperparameters) -> int:
+    return model_cls._estimate_memory_usage_static(X=_frame(n_rows, n_features), hyperparameters=hyperparameters)
+
+
+def _gpu(model_cls: type[TFMBaseModel], n_rows: int = 1000, n_features: int = 20, **hyperparameters) -> int:
+    return model_cls._estimate_gpu_memory_usage_static(X=_frame(n_rows, n_features), hyperparameters=hyperparameters)
+
+
+@pytest.mark.parametrize("model_cls", MODELS)
+def test_estimates_grow_with_rows_features_and_members(model_cls):
+    base = _ram(model_cls)
+    assert base > TFMBaseModel._MEMORY_OVERHEAD_BYTES + model_cls.network_bytes_estimate
+    assert _ram(model_cls, n_rows=4000) > base
+    assert _ram(model_cls, n_features=80) > base
+    # Members run per normalisation method, `batch_size` at a time: 16 members = 8 per call instead of 4.
+    assert _ram(model_cls, n_estimators=16) > base
+    assert _ram(model_cls, n_estimators=16, batch_size=2) < _ram(model_cls, n_estimators=16)
+    for key, value in {"n_rows": 4000, "n_features": 80, "n_estimators": 16}.items():
+        assert _gpu(model_cls, **{key: value}) > _gpu(model_cls)
+
+
+@pytest.mark.parametrize("model_cls", MODELS)
+def test_activations_are_linear_in_cells(model_cls):
+    """Doubling the rows doubles the activation term (the rest is fixed or tiny)."""
+    fixed = TFMBaseModel._MEMORY_OVERHEAD_BYTES + model_cls.network_bytes_estimate
+    small, large = _ram(model_cls, n_rows=2000) - fixed, _ram(model_cls, n_rows=4000) - fixed
+    assert large / small == pytest.approx(2.0, rel=0.02)
+
+
+def test_test_rows_come_from_x_val():
+    X = _frame(1000, 20)
+    without = TabICLModel._estimate_memory_usage_static(X=X, hyperparameters={})
+    with_small_val = TabICLModel._estimate_memory_usage_static(X=X, X_val=_frame(10, 20), hyperparameters={})
+    with_large_val = TabICLModel._estimate_memory_usage_static(X=X, X_val=_frame(1000, 20), hyperparameters={})
+    assert with_small_val < without < with_large_val
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+@pytest.mark.parametrize("model_cls", MODELS)
+def test_finetuning_adds_memory(model_cls, mode):
+    plain = _ram(model_cls)
+    tuned = _ram(model_cls, fine_tune=mode)
+    assert tuned > plain + 4 * model_cls.network_bytes_estimate
+    assert _gpu(model_cls, fine_tune=mode) > _gpu(model_cls)
+
+
+@pytest.mark.parametrize("model_cls", MODELS)
+def test_gpu_estimate_shares_the_activation_model(model_cls):
+    X = _frame(2000, 30)
+    ram = model_cls._estimate_memory_usage_static(X=X, hyperparameters={})
+    gpu = model_cls._estimate_gpu_memory_usage_static(X=X, hyperparameters={})
+    assert 0 < gpu <= ram
+    # Same activations on the device as in RAM: only the fixed parts differ.
+    ram_activations = (
+        ram
+        - TFMBaseModel._MEMORY_OVERHEAD_BYTES
+        - model_cls.network_bytes_estimate
+        - 4 * X.memory_usage(index=True, deep=True).sum()
+    )
+    gpu_activations = gpu - TFMBaseModel._CUDA_CONTEXT_BYTES - model_cls.network_bytes_estimate
+    assert gpu_activations == pytest.approx(ram_activations, rel=0.01)
+    # A GPU fit keeps the activations off the host; a fit without GPU needs no VRAM.
+    ram_gpu_fit = model_cls._estimate_memory_usage_static(X=X, hyperparameters={}, num_gpus=1)
+    assert ram_gpu_fit == pytest.approx(ram - ram_activations, rel=0.01)
+    assert model_cls._estimate_gpu_memory_usage_static(X=X, hyperparameters={}, num_gpus=0) == 0
+
+
+def test_autogluon_sees_both_estimates():
+    assert TabICLModel.can_estimate_memory_usage_static()
+    assert TabICLModel.can_estimate_gpu_memory_usage_static()
+    X = _frame(500, 10)
+    y = pd.Series(np.arange(500) % 2)
+    gpu = TabPFNv2Model.estimate_gpu_memory_usage_static(X=X, y=y, hyperparameters={"n_estimators": 4})
+    assert gpu == TabPFNv2Model._estimate_gpu_memory_usage_static(
+        X=X, hyperparameters={"n_estimators": 4}, problem_type="binary", num_classes=2
+    )
+
+
+def test_measured_peak_stays_below_the_estimate(monkeypatch):
+    """A mid-size point where activations dominate (~10 s): the official-width TabPFNv2 with one block (same
+    working memory as the full network) on 500 + 500 rows x 50 features, 8 members, in a fresh process."""
+    for name, value in subprocess_env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    result = memory.measure("tabpfnv2", "1-block", 500, 50, 500, 8, "cpu")
+    peak = memory.full_depth_peak(result)
+    estimate = memory.estimate_bytes("tabpfnv2", 500, 50, 500, 8)
+    fixed = TFMBaseModel._MEMORY_OVERHEAD_BYTES + TabPFNv2Model.network_bytes_estimate
+    assert estimate - fixed > 0.5 * estimate  # the activation term, not the fixed overhead, is what is tested
+    assert peak <= estimate <= 2 * peak, (peak / 2**20, estimate / 2**20)
