@@ -90,7 +90,10 @@ def test_dynamic_stacking_sub_fit_in_ray_resolves_string_keys(tiny_checkpoints, 
     finally:
         ag_logger.removeHandler(handler)
     log = "\n".join(records)
-    assert "Running DyStack sub-fit in a ray process" in log
+    import ray
+
+    # memory_safe_fits=True runs the sub-fit in a ray worker (AutoGluon logs that only when it starts ray itself).
+    assert ray.is_initialized()
     assert "Exception encountered during DyStack sub-fit" not in log, log[-3000:]
     assert "Unknown model type" not in log
     # The sub-fit's holdout leaderboard lists our models: they were fit inside the ray worker.

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -72,13 +73,36 @@ def test_official_file_from_local_hf_cache(tmp_path, monkeypatch, official_tiny_
     torch.testing.assert_close(_outputs(load_network(filename)), _outputs(net), rtol=0, atol=0)
 
 
-def test_default_falls_back_to_shipped_weights(tmp_path, monkeypatch):
+@pytest.mark.parametrize("arch, task", sorted(ckpt_io.SHIPPED_DEFAULTS))
+def test_default_falls_back_to_shipped_weights(arch, task, tmp_path, monkeypatch):
+    """Every (architecture, task) has shipped weights: small fp16 safetensors with a card, of the right kind."""
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
-    shipped = ckpt_io.SHIPPED_DEFAULTS[("tabicl", "classification")]
-    if not (ckpt_io.SHIPPED_DIR / f"{shipped}.safetensors").exists():
+    monkeypatch.setattr(ckpt_io, "find_cached_tabpfn_v2_file", lambda filename: None)
+    shipped = ckpt_io.SHIPPED_DEFAULTS[(arch, task)]
+    path = ckpt_io.SHIPPED_DIR / f"{shipped}.safetensors"
+    if not path.exists():
         pytest.fail(f"shipped weights {shipped!r} missing from the package")
-    assert resolve_checkpoint("tabicl", "classification", "default") == shipped
-    assert load_network(shipped).max_classes == 10
+    assert path.stat().st_size <= 15 * 1024**2
+    model = ckpt_io._model_name(arch)
+    assert resolve_checkpoint(model, task, "default") == shipped
+    net = load_network(shipped)
+    assert net.arch == arch and ckpt_io.network_task(net) == task
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert card["arch"] == arch and card["progress"]["tables_seen"] > 0
+    assert {"compute", "prior", "n_parameters"} <= set(card)
+
+
+def test_weak_shipped_weights_warn_when_chosen_by_default(tmp_path, monkeypatch, caplog):
+    """Weights whose card carries a warning (not yet better than the base rate) say so when "default" picks them."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setattr(ckpt_io, "find_cached_tabpfn_v2_file", lambda filename: None)
+    with caplog.at_level(logging.WARNING, logger="autogluon_tfm"):
+        resolve_checkpoint("tabicl", "classification", "default")
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    monkeypatch.setattr(ckpt_io, "shipped_card", lambda name: {"warning": "not better than the class prior yet"})
+    with caplog.at_level(logging.WARNING, logger="autogluon_tfm"):
+        resolve_checkpoint("tabicl", "classification", "default")
+    assert "not better than the class prior yet" in caplog.text
 
 
 def test_missing_official_file_says_how_to_get_it(tmp_path, monkeypatch):

@@ -185,7 +185,16 @@ def resolve_checkpoint(model: str = "tabicl", task: str = "classification", chec
             f"pass checkpoint=<path to a checkpoint file or directory>. Shipped weights: {list_shipped()}"
         )
     logger.info("Using shipped %s %s weights %r (no official checkpoint in the local cache)", name, task, shipped)
+    warning = shipped_card(shipped).get("warning")
+    if warning:
+        logger.warning("Shipped weights %r: %s", shipped, warning)
     return shipped
+
+
+def shipped_card(name: str) -> dict[str, Any]:
+    """The JSON card of shipped weights ``name`` (empty if it has none)."""
+    card = SHIPPED_DIR / f"{name}.json"
+    return json.loads(card.read_text()) if card.exists() else {}
 
 
 def _build(arch: str, config: dict[str, Any]) -> nn.Module:
