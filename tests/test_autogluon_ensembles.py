@@ -38,25 +38,23 @@ def binary_frame() -> pd.DataFrame:
     return frame
 
 
-def _hyperparameters(tiny_checkpoints: dict[str, str]) -> dict:
-    return {
+def _stacked_fit_kwargs(tiny_checkpoints: dict[str, str], num_bag_folds: int) -> dict:
+    """TabularPredictor.fit arguments shared by both tests: two TFMs and LightGBM, bagged, one stacker level."""
+    hyperparameters = {
         "TABICL": {"n_estimators": 1, "checkpoint": tiny_checkpoints["tabicl"]},
         "TABPFNV2": {"n_estimators": 1, "checkpoint": tiny_checkpoints["tabpfnv2"]},
         "GBM": {"num_boost_round": 10},
     }
+    return dict(hyperparameters=hyperparameters, num_bag_folds=num_bag_folds, num_bag_sets=1, num_stack_levels=1,
+                num_cpus=2, num_gpus=0)
 
 
 @pytest.mark.slow
 def test_parallel_local_bagging_with_stacking(tiny_checkpoints, binary_frame, tmp_path):
     predictor = TabularPredictor(label=LABEL, path=str(tmp_path), verbosity=0).fit(
         binary_frame,
-        hyperparameters=_hyperparameters(tiny_checkpoints),
-        num_bag_folds=3,
-        num_bag_sets=1,
-        num_stack_levels=1,
+        **_stacked_fit_kwargs(tiny_checkpoints, num_bag_folds=3),
         ag_args_ensemble={"fold_fitting_strategy": "parallel_local"},
-        num_cpus=2,
-        num_gpus=0,
         raise_on_model_failure=True,
     )
     names = set(predictor.model_names())
@@ -78,14 +76,9 @@ def test_dynamic_stacking_sub_fit_in_ray_resolves_string_keys(tiny_checkpoints, 
     try:
         predictor = TabularPredictor(label=LABEL, path=str(tmp_path), verbosity=2).fit(
             binary_frame,
-            hyperparameters=_hyperparameters(tiny_checkpoints),
-            num_bag_folds=2,
-            num_bag_sets=1,
-            num_stack_levels=1,
+            **_stacked_fit_kwargs(tiny_checkpoints, num_bag_folds=2),
             dynamic_stacking=True,
             ds_args={"memory_safe_fits": True, "enable_ray_logging": False},
-            num_cpus=2,
-            num_gpus=0,
         )
     finally:
         ag_logger.removeHandler(handler)

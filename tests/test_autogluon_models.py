@@ -15,6 +15,7 @@ import autogluon_tfm
 from autogluon_tfm.autogluon import MitraModel, TabICLModel, TabPFNv2Model
 from autogluon_tfm.autogluon.base import TFMBaseModel
 from autogluon_tfm.checkpoints import make_tiny_network, save_network
+from autogluon_tfm.checkpoints.io import model_architecture
 
 pytest.importorskip("autogluon.tabular")
 from autogluon.tabular import TabularPredictor  # noqa: E402
@@ -22,7 +23,7 @@ from autogluon.tabular.models.mitra.mitra_model import MitraModel as BuiltinMitr
 from autogluon.tabular.registry import ag_model_registry  # noqa: E402
 
 ADAPTERS = {"tabicl": TabICLModel, "tabpfnv2": TabPFNv2Model, "mitra": MitraModel}
-ARCH = {"tabicl": "tabicl", "tabpfnv2": "tabpfn_v2", "mitra": "mitra"}
+ARCH = {model: model_architecture(model) for model in ADAPTERS}
 LABEL = "target"
 
 

@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
+from autogluon_tfm.checkpoints.io import REGRESSION_OVERRIDES, model_architecture
 from autogluon_tfm.nn import ARCHITECTURES
 from autogluon_tfm.nn.losses import classification_loss, regression_loss, scale_targets
 
@@ -48,8 +49,7 @@ MODEL_CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 # Which ``nn.ARCHITECTURES`` entry each preset builds (the part of the name before the size).
-MODEL_PRESET_ARCH = {name: {"tabicl": "tabicl", "tabpfnv2": "tabpfn_v2", "mitra": "mitra"}[name.split("-")[0]]
-                     for name in MODEL_CONFIGS}
+MODEL_PRESET_ARCH = {name: model_architecture(name.split("-")[0]) for name in MODEL_CONFIGS}
 
 
 @dataclass
@@ -114,8 +114,6 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
 
 
 def build_network(cfg: PretrainConfig) -> torch.nn.Module:
-    from autogluon_tfm.checkpoints.io import REGRESSION_OVERRIDES
-
     if cfg.model not in MODEL_CONFIGS:
         raise ValueError(f"Unknown model preset {cfg.model!r}; choose from {sorted(MODEL_CONFIGS)}")
     if MODEL_PRESET_ARCH[cfg.model] != cfg.arch:
