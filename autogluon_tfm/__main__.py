@@ -1,4 +1,4 @@
-"""Command line: ``python -m autogluon_tfm {pretrain,export,download} ...``."""
+"""Command line: ``python -m autogluon_tfm {pretrain,export,plot-loss,download} ...``."""
 
 from __future__ import annotations
 
@@ -21,9 +21,21 @@ def _pretrain(args: argparse.Namespace) -> None:
     kwargs = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     if args.train_fraction is not None:
         kwargs["train_fraction"] = tuple(args.train_fraction)
+    if args.eval_datasets is not None:
+        names = [name for value in args.eval_datasets for name in value.split(",") if name]
+        kwargs["eval_datasets"] = () if names == ["none"] else tuple(names)
     cfg = PretrainConfig(**kwargs)
-    path = pretrain(cfg)
+    try:
+        path = pretrain(cfg)
+    except ValueError as error:  # configuration mistakes: one line, not a traceback
+        raise SystemExit(f"error: {error}") from error
     print(f"checkpoint: {path}")
+
+
+def _plot_loss(args: argparse.Namespace) -> None:
+    from autogluon_tfm.pretrain.plots import plot_loss
+
+    print(f"wrote {plot_loss(args.run_dir, out=args.out, window=args.window)}")
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -83,7 +95,41 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, default=None)
     p.add_argument("--out", default=None)
+    p.add_argument("--min-features", dest="min_features", type=int, default=None)
+    p.add_argument("--weight-decay", dest="weight_decay", type=float, default=None)
+    p.add_argument(
+        "--curriculum", dest="curriculum_steps", type=int, default=None, metavar="STEPS",
+        help="grow the largest table from --curriculum-start-rows (default --min-rows) to --max-rows rows over the "
+        "first STEPS steps (default 0: no curriculum, sizes log-uniform in [min-rows, max-rows] throughout)",
+    )
+    p.add_argument("--curriculum-start-rows", dest="curriculum_start_rows", type=int, default=None)
+    p.add_argument(
+        "--curriculum-start-features", dest="curriculum_start_features", type=int, default=None,
+        help="with --curriculum, also grow the largest feature count from this to --max-features",
+    )
+    p.add_argument(
+        "--max-minutes", dest="max_minutes", type=float, default=None,
+        help="wall-clock budget of this invocation: save a checkpoint and exit cleanly when it is spent",
+    )
+    p.add_argument(
+        "--eval-every", dest="eval_every", type=int, default=None, metavar="N",
+        help="every N steps evaluate on real dev datasets and held-out synthetic tables; appends to <out>/eval.csv",
+    )
+    p.add_argument(
+        "--eval-datasets", dest="eval_datasets", nargs="+", default=None,
+        help="benchmark dev datasets for --eval-every (default breast_cancer wine iris / diabetes; 'none': only "
+        "synthetic tables); needs the repository's benchmarks package (run from the repository root)",
+    )
+    p.add_argument("--eval-synthetic", dest="eval_synthetic", type=int, default=None, help="held-out synthetic tables")
+    p.add_argument("--eval-max-train", dest="eval_max_train", type=int, default=None)
+    p.add_argument("--eval-max-test", dest="eval_max_test", type=int, default=None)
     p.set_defaults(func=_pretrain)
+
+    pl = sub.add_parser("plot-loss", help="plot <run>/log.csv (and eval.csv) into <run>/loss.png")
+    pl.add_argument("run_dir")
+    pl.add_argument("--out", default=None, help="PNG path (default <run_dir>/loss.png)")
+    pl.add_argument("--window", type=int, default=None, help="smoothing window in steps (default: steps / 50)")
+    pl.set_defaults(func=_plot_loss)
 
     e = sub.add_parser("export", help="turn a pretraining checkpoint into shipped safetensors weights + card")
     e.add_argument("checkpoint")

@@ -1,4 +1,5 @@
-"""What the benchmark scripts ``classification.py`` and ``regression.py`` share.
+"""What the benchmark scripts ``classification.py``, ``regression.py`` and ``many_classes.py`` share (the finetuning
+scripts ``finetune_lr_sweep.py`` and ``finetune_modes.py`` use its TFM factory and helpers).
 
 The baselines and their preprocessing, the factory of the tabular foundation model (TFM) estimators, the loop over
 datasets and seeds, the merge with the rows of an earlier run (``--merge-csv``), the report tables and the command
@@ -69,6 +70,13 @@ class Benchmark:
     quick_datasets: tuple[str, ...]
     split_text: str  # how the split is made, for the report header ("{train}/{test}" are filled in)
     preprocessing: str
+    report_name: str | None = None  # default report file name (without .md); None = the task's name
+
+    def default_datasets(self) -> list[str]:
+        """The datasets run when ``--datasets`` is not given (and not ``--quick``): all dev datasets of the task."""
+        from benchmarks.datasets import dev_datasets
+
+        return dev_datasets(self.task)
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -178,7 +186,16 @@ class TFMFactory:
     ``"tiny"`` (a random tiny network, for plumbing checks).
     """
 
-    def __init__(self, model: str, task: str, checkpoint: str, n_estimators: int, device: str, precision: str) -> None:
+    def __init__(
+        self,
+        model: str,
+        task: str,
+        checkpoint: str,
+        n_estimators: int,
+        device: str,
+        precision: str,
+        params: dict[str, Any] | None = None,
+    ) -> None:
         self.model = model
         self.task = task
         self.checkpoint = checkpoint
@@ -186,6 +203,8 @@ class TFMFactory:
         self.n_estimators = n_estimators
         self.device = device
         self.precision = precision
+        # Further estimator parameters given to every instance (e.g. a finetuning ``time_limit``).
+        self.params = dict(params or {})
         self._network: Any = None
 
     def network(self) -> Any:
@@ -215,6 +234,7 @@ class TFMFactory:
             device=self.device,
             precision=self.precision,
             random_state=seed,
+            **self.params,
         )
 
 
@@ -580,7 +600,7 @@ def parse_args(spec: Benchmark, description: str, argv: list[str] | None = None)
         "--datasets",
         nargs="+",
         default=None,
-        help=f"dataset names, space or comma separated (default: all {spec.task} dev datasets)",
+        help=f"dataset names, space or comma separated (default: {' '.join(spec.default_datasets())})",
     )
     parser.add_argument(
         "--seeds",
@@ -617,7 +637,8 @@ def parse_args(spec: Benchmark, description: str, argv: list[str] | None = None)
         help="CSV of an earlier run with the same split settings: its rows of the methods not run now (for this "
         "run's datasets and seeds) join the report and the CSV written; may be the output CSV itself",
     )
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / f"{spec.task}.md")
+    report_name = spec.report_name or spec.task
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / f"{report_name}.md")
     args = parser.parse_args(argv)
 
     args.methods = _split_list(args.methods) or list(spec.methods)
@@ -626,7 +647,7 @@ def parse_args(spec: Benchmark, description: str, argv: list[str] | None = None)
         args.seeds = QUICK_SEEDS if args.quick else DEFAULT_SEEDS
     if args.quick:
         args.datasets = args.datasets or list(spec.quick_datasets)
-    args.datasets = args.datasets or dev_datasets(spec.task)
+    args.datasets = args.datasets or spec.default_datasets()
     unknown = [m for m in args.methods if m not in spec.methods]
     if unknown:
         parser.error(f"unknown methods {unknown}; choose from {spec.methods}")

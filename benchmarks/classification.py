@@ -131,30 +131,41 @@ class ClassificationBenchmark(_common.Benchmark):
     def tables(self, report: ReportTables) -> list[str]:
         binary = [dataset for dataset in report.datasets if DATASETS[dataset].task == "binary"]
         return [
-            *report.table("Accuracy (higher is better)", "accuracy", True),
-            *report.table("Log loss (lower is better)", "log_loss", False),
+            *self.accuracy_log_loss_tables(report),
             *report.table("ROC AUC, binary datasets (higher is better)", "roc_auc", True, binary),
         ]
 
+    @staticmethod
+    def accuracy_log_loss_tables(report: ReportTables) -> list[str]:
+        return [
+            *report.table("Accuracy (higher is better)", "accuracy", True),
+            *report.table("Log loss (lower is better)", "log_loss", False),
+        ]
+
     def summary(self, report: ReportTables) -> list[str]:
+        """The summary lines of every TFM (:meth:`method_summary`), then the mean ranks by log loss and accuracy."""
         lines = []
-        accuracy, log_loss = report.means["accuracy"], report.means["log_loss"]
         for method in report.tfms():
-            label = METHOD_LABELS[method]
-            if "majority" in report.methods:
-                won, n = count_wins(accuracy, method, "majority", higher_is_better=True)
-                won_ll, n_ll = count_wins(log_loss, method, "majority", higher_is_better=False)
-                lines.append(
-                    f"- {label} beats the majority class on {won}/{n} datasets by accuracy and on {won_ll}/{n_ll} "
-                    "by log loss."
-                )
-            if "rf" in report.methods:
-                reached, n = count_wins(accuracy, method, "rf", higher_is_better=True, tolerance=REACH_TOLERANCE)
-                lines.append(
-                    f"- {label} reaches RF's accuracy ({label} >= RF - {REACH_TOLERANCE}) on {reached}/{n} datasets."
-                )
+            lines += self.method_summary(report, method, METHOD_LABELS[method])
         lines.append(report.rank_line("log loss", "log_loss", higher_is_better=False))
         lines.append(report.rank_line("accuracy", "accuracy", higher_is_better=True))
+        return lines
+
+    def method_summary(self, report: ReportTables, method: str, label: str) -> list[str]:
+        lines = []
+        accuracy, log_loss = report.means["accuracy"], report.means["log_loss"]
+        if "majority" in report.methods:
+            won, n = count_wins(accuracy, method, "majority", higher_is_better=True)
+            won_ll, n_ll = count_wins(log_loss, method, "majority", higher_is_better=False)
+            lines.append(
+                f"- {label} beats the majority class on {won}/{n} datasets by accuracy and on {won_ll}/{n_ll} "
+                "by log loss."
+            )
+        if "rf" in report.methods:
+            reached, n = count_wins(accuracy, method, "rf", higher_is_better=True, tolerance=REACH_TOLERANCE)
+            lines.append(
+                f"- {label} reaches RF's accuracy ({label} >= RF - {REACH_TOLERANCE}) on {reached}/{n} datasets."
+            )
         return lines
 
 

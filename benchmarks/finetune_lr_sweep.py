@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -215,68 +216,121 @@ def build_report(results: pd.DataFrame, args: argparse.Namespace) -> str:
             if best is not None:
                 recommended.append(f"- {TFM_LABELS.get(model, model)}, fine_tune={mode!r}: {best}")
     lines += ["", *recommended] if recommended else ["", "No successful finetuning runs."]
+    return "\n".join(lines + error_lines(results)) + "\n"
+
+
+def error_lines(results: pd.DataFrame) -> list[str]:
+    """The report's error section: the first error per dataset, model and mode (no lines without errors)."""
     failures = results[results["error"].fillna("") != ""].drop_duplicates(["dataset", "model", "mode"])
-    if len(failures):
-        lines += ["", "## Errors (first per dataset, model and mode)", ""]
-        lines += [f"- {row.dataset} / {row.model} / {row.mode}: {row.error}" for row in failures.itertuples()]
-    return "\n".join(lines) + "\n"
+    if not len(failures):
+        return []
+    return ["", "## Errors (first per dataset, model and mode)", "",
+            *(f"- {row.dataset} / {row.model} / {row.mode}: {row.error}" for row in failures.itertuples())]
 
 
 # ------------------------------------------------------------------------------------------------------------ CLI
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--datasets", nargs="+", default=None,
-                        help=f"classification datasets (default: {' '.join(DEFAULT_DATASETS)})")
-    parser.add_argument("--models", nargs="+", default=["tabicl"], choices=TFM_METHODS)
-    parser.add_argument("--modes", nargs="+", default=["full"], choices=["full", "lora"])
+    add_model_arguments(parser, DEFAULT_DATASETS, models=["tabicl"], modes=["full"])
     parser.add_argument("--lrs", nargs="+", type=float, default=None, help="learning rates (default: the grid)")
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--steps", type=int, default=60, help="fine_tune_steps (at most; early stopping)")
-    parser.add_argument("--max-train", type=int, default=1500)
-    parser.add_argument("--max-test", type=int, default=1000)
-    parser.add_argument("--test-fraction", type=float, default=0.3)
-    parser.add_argument("--n-estimators", type=int, default=4)
-    parser.add_argument("--checkpoint", default="default",
-                        help="'default' (shipped tabicl-clf-small for tabicl), a shipped name, a path, or 'tiny'")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", default="auto")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--quick", action="store_true",
-                        help="plumbing run: 1 dataset, train <= 300 rows, 2 learning rates, 4 steps; writes to the "
-                        "temporary directory unless --out is given")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="report path (default benchmarks/results/finetune_lr_sweep.md); a CSV of the raw rows "
-                        "goes next to it")
-    args = parser.parse_args(argv)
-    if args.out is None:
-        folder = Path(tempfile.gettempdir()) if args.quick else REPO_ROOT / "benchmarks" / "results"
-        args.out = folder / ("finetune_lr_sweep_quick.md" if args.quick else "finetune_lr_sweep.md")
+    add_run_arguments(parser, "'default' (shipped tabicl-clf-small for tabicl), a shipped name, a path, or 'tiny'")
+    args = parse_with_outputs(parser, argv, "finetune_lr_sweep", quick_runs="2 learning rates, 4 steps")
     if args.quick:
         args.datasets = args.datasets or list(QUICK_DATASETS)
         args.lrs = args.lrs or [LR_GRID[2], LR_GRID[4]]
         args.steps, args.max_train, args.max_test = min(args.steps, 4), min(args.max_train, 300), 200
     args.datasets = args.datasets or list(DEFAULT_DATASETS)
     args.lrs = args.lrs or list(LR_GRID)
+    check_run_arguments(parser, args)
+    if not all(lr > 0 for lr in args.lrs):
+        parser.error("--lrs must be > 0")
+    return args
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, datasets: Sequence[str], models: list[str],
+                        modes: list[str]) -> None:
+    """--datasets (default: ``datasets``), --models and --modes, with their defaults."""
+    parser.add_argument("--datasets", nargs="+", default=None,
+                        help=f"classification datasets (default: {' '.join(datasets)})")
+    parser.add_argument("--models", nargs="+", default=models, choices=TFM_METHODS)
+    parser.add_argument("--modes", nargs="+", default=modes, choices=["full", "lora"])
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, checkpoint_help: str) -> None:
+    """The split sizes, ensemble size, checkpoint, device, precision and threads of every fit."""
+    parser.add_argument("--max-train", type=int, default=1500)
+    parser.add_argument("--max-test", type=int, default=1000)
+    parser.add_argument("--test-fraction", type=float, default=0.3)
+    parser.add_argument("--n-estimators", type=int, default=4)
+    parser.add_argument("--checkpoint", default="default", help=checkpoint_help)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--threads", type=int, default=1)
+
+
+def parse_with_outputs(parser: argparse.ArgumentParser, argv: list[str] | None, name: str,
+                       quick_runs: str) -> argparse.Namespace:
+    """Adds --quick (a plumbing run: 1 dataset, train <= 300 rows, ``quick_runs``) and --out, then parses ``argv``.
+
+    The default --out is ``benchmarks/results/{name}.md``, or ``{name}_quick.md`` in the temporary directory.
+    """
+    parser.add_argument("--quick", action="store_true",
+                        help=f"plumbing run: 1 dataset, train <= 300 rows, {quick_runs}; writes to the temporary "
+                        "directory unless --out is given")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"report path (default benchmarks/results/{name}.md); a CSV of the raw rows goes next to "
+                        "it")
+    args = parser.parse_args(argv)
+    if args.out is None:
+        folder = Path(tempfile.gettempdir()) if args.quick else REPO_ROOT / "benchmarks" / "results"
+        args.out = folder / (f"{name}_quick.md" if args.quick else f"{name}.md")
+    return args
+
+
+def check_run_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Classification datasets only; counts and sizes >= 1."""
     bad = [name for name in args.datasets if name not in DATASETS or DATASETS[name].task == "regression"]
     if bad:
         parser.error(f"not classification datasets: {bad}")
     for flag in ("seeds", "steps", "max_train", "max_test", "n_estimators", "threads"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1")
-    if not all(lr > 0 for lr in args.lrs):
-        parser.error("--lrs must be > 0")
-    return args
+
+
+def tfm_factories(args: argparse.Namespace, params: dict[str, Any] | None = None) -> dict[str, TFMFactory]:
+    """Sets torch's threads; one classifier factory per model of ``args.models`` (``params``: further estimator
+    parameters)."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    return {
+        model: TFMFactory(model, "classification", args.checkpoint, args.n_estimators, args.device, args.precision,
+                          params=params)
+        for model in args.models
+    }
+
+
+def with_columns(results: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """``results`` with the missing ``columns`` added (NaN), so that the report can read them."""
+    for column in columns:
+        if column not in results:
+            results[column] = np.nan
+    return results
+
+
+def write_report(report: str, out: Path) -> int:
+    """Writes the report to ``out`` and prints it (the raw rows are in the CSV next to it)."""
+    out.write_text(report)
+    print(report)
+    print(f"written: {out} and {out.with_suffix('.csv')}", file=sys.stderr)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    import torch
-
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    factories = {
-        model: TFMFactory(model, "classification", args.checkpoint, args.n_estimators, args.device, args.precision)
-        for model in args.models
-    }
+    factories = tfm_factories(args)
     csv_path = args.out.with_suffix(".csv")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
@@ -284,15 +338,9 @@ def main(argv: list[str] | None = None) -> int:
         for seed in range(args.seeds):
             rows += sweep_rows(name, seed, args, factories)
             pd.DataFrame(rows).to_csv(csv_path, index=False)  # partial results survive an interrupted run
-    results = pd.DataFrame(rows)
-    for column in ("error", "checkpoint", "val_initial", "val_best", "best_step", "steps_run"):
-        if column not in results:
-            results[column] = np.nan
-    report = build_report(results, args)
-    args.out.write_text(report)
-    print(report)
-    print(f"written: {args.out} and {csv_path}", file=sys.stderr)
-    return 0
+    results = with_columns(pd.DataFrame(rows), ("error", "checkpoint", "val_initial", "val_best", "best_step",
+                                                "steps_run"))
+    return write_report(build_report(results, args), args.out)
 
 
 if __name__ == "__main__":

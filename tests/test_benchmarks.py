@@ -1,4 +1,5 @@
-"""Plumbing of the benchmark scripts (benchmarks/classification.py, benchmarks/regression.py) with tiny networks."""
+"""Plumbing of the benchmark scripts (benchmarks/classification.py, regression.py, many_classes.py,
+finetune_modes.py) with tiny networks."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ _REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(_REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(_REPO_ROOT))
 
-from benchmarks import classification, regression  # noqa: E402
+from benchmarks import classification, finetune_modes, many_classes, regression  # noqa: E402
 from benchmarks.datasets import DATASETS  # noqa: E402
 
 TINY = ["--checkpoint", "tiny", "--checkpoint-tabpfnv2", "tiny", "--checkpoint-mitra", "tiny", "--n-estimators", "2"]
@@ -110,3 +111,65 @@ def test_quick_defaults_and_checkpoint_options() -> None:
     assert args.seeds == 5 and "iris" in args.datasets and "diabetes" not in args.datasets
     with pytest.raises(SystemExit):
         regression.parse_args(["--datasets", "iris"])
+
+
+def test_many_classes_records_the_class_tree_of_each_tfm(tmp_path: Path) -> None:
+    assert many_classes.parse_args([]).datasets == ["letter", "libras_movement", "texture", "gss_vocab"]
+    assert many_classes.parse_args([]).out.name == "many_classes.md"  # not classification.md
+    code, raw, report = _run(
+        many_classes, tmp_path, "many", "--quick", "--seeds", "1", "--methods", "tabicl,mitra,rf", *TINY
+    )
+    assert code == 0 and (raw["error"] == "").all(), raw["error"].tolist()
+    rows = raw.set_index("method")
+    assert (raw["dataset"] == "libras_movement").all() and (raw["n_classes"].astype(int) == 15).all()
+    # 15 classes > the tiny networks' max_classes (10): a root and its child nodes, recorded for the TFMs only.
+    assert float(rows.loc["tabicl", "tree_nodes"]) >= 3 and float(rows.loc["mitra", "tree_nodes"]) >= 3
+    assert rows.loc["rf", "tree_nodes"] == ""
+    assert "- TabICL beats RF on 0/1 by log loss" in report or "- TabICL beats RF on 1/1 by log loss" in report
+    assert "- Mitra class-tree nodes (0 = flat): libras_movement " in report and "## Errors" not in report
+
+
+def test_finetune_modes_runs_icl_full_and_lora_for_every_model(tmp_path: Path) -> None:
+    assert len(finetune_modes.finetune_datasets()) >= 10
+    assert all(1_000 <= DATASETS[name].n_rows <= 10_000 for name in finetune_modes.finetune_datasets())
+    out = tmp_path / "modes.md"
+    argv = ["--quick", "--checkpoint", "tiny", "--n-estimators", "2", "--steps", "3", "--out", str(out)]
+    assert finetune_modes.main(argv) == 0
+    raw = pd.read_csv(out.with_suffix(".csv"), keep_default_na=False)
+    assert list(zip(raw["model"], raw["mode"])) == [
+        (model, mode) for model in ("tabicl", "tabpfnv2", "mitra") for mode in ("none", "full", "lora")
+    ]
+    assert (raw["error"] == "").all(), raw["error"].tolist()
+    tuned = raw[raw["mode"] != "none"]
+    assert (tuned["steps_run"].astype(float) <= 3).all() and (tuned["time_limit"].astype(float) == 60.0).all()
+    assert np.isfinite(tuned["val_initial"].astype(float)).all()
+    assert (tuned["val_best"].astype(float) <= tuned["val_initial"].astype(float) + 1e-9).all()  # keeps the best
+    report = out.read_text()
+    for model in ("TabICL", "TabPFNv2", "Mitra"):
+        assert f"| {model} | full | " in report and f"| {model} | LoRA | " in report
+    assert "fine_tune_steps: 3 | learning_rate: 0.0001 | time_limit (s): 60" in report and "## Errors" not in report
+
+    # A rerun of one model merged with the earlier CSV replaces that model's rows and keeps the others.
+    argv = [*argv[:-1], str(tmp_path / "again.md"), "--models", "mitra", "--merge-csv", str(out.with_suffix(".csv"))]
+    assert finetune_modes.main(argv) == 0
+    again = pd.read_csv(tmp_path / "again.csv", keep_default_na=False)
+    assert sorted(again["model"]) == sorted(raw["model"])
+
+
+def test_finetune_modes_summary_counts_wins_over_icl() -> None:
+    """Two datasets: full finetuning improves validation on both but test log loss on one only."""
+    common = {"seed": 0, "model": "tabicl", "n_train": 100, "n_test": 50, "n_features": 3, "n_classes": 2,
+              "error": "", "predict_s": 1.0}
+    rows = []
+    for dataset, icl_test, full_test in [("kr_vs_kp", 0.30, 0.20), ("splice", 0.40, 0.45)]:
+        rows.append({**common, "dataset": dataset, "mode": "none", "test_log_loss": icl_test, "test_accuracy": 0.8,
+                     "fit_s": 1.0})
+        rows.append({**common, "dataset": dataset, "mode": "full", "test_log_loss": full_test, "test_accuracy": 0.9,
+                     "fit_s": 9.0, "val_initial": 0.5, "val_best": 0.4, "best_step": 10, "steps_run": 20})
+    lines = finetune_modes.summary_rows(pd.DataFrame(rows), ["tabicl"])
+    assert lines[2] == (
+        "| TabICL | full | 2/2 | -0.1000 | 1/2 | -0.0250 | 2/2 | +0.1000 | 10 / 20 | 10 (2.0) |"
+    )
+    table = finetune_modes.metric_table(pd.DataFrame(rows), ["tabicl"], "validation", 2)
+    assert table.loc["splice", "TabICL ICL"] == "0.50" and table.loc["splice", "TabICL full"] == "0.40"
+    assert "TabICL LoRA" not in table.columns  # LoRA did not run: no column

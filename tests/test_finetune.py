@@ -162,15 +162,41 @@ def test_a_harmful_learning_rate_returns_the_pretrained_network(arch):
 
 
 def test_time_limit_is_respected():
-    X, y = sign_task(400)
+    # No early stopping (huge patience), so only the time limit can end the run.
+    config = FinetuneConfig(mode="full", max_steps=100_000, time_limit=2.0, patience=10**6)
     start = time.monotonic()
-    tuned = classifier("tabicl", make_tiny_network("tabicl"), fine_tune="full", fine_tune_steps=100_000,
-                       time_limit=2.0).fit(X, y)
+    _, report = finetune(make_tiny_network("tabicl"), step_data(400, with_validation=True), config, device="cpu")
     elapsed = time.monotonic() - start
-    report = tuned.fine_tune_report_
     assert report.stop_reason.startswith("time limit")
     assert 0 < report.steps_run < 100_000
     assert elapsed < 2.0 + 0.5, elapsed  # a step or a validation pass that would overrun is not started
+
+
+
+def test_time_limited_schedule_is_planned_to_fit_the_budget():
+    """A time-limited run shortens its warm-up + cosine horizon to the steps it can afford, so it does not spend the
+    whole budget warming up."""
+    from autogluon_tfm.finetune.trainer import _plan_horizon
+
+    config = FinetuneConfig(max_steps=200, eval_every=5, time_limit=30.0)
+    horizon = {"steps": 200}
+    # 0.5 s per step + 1 s per validation pass (every 5 steps): 0.7 s a step; 29 s left -> 41 more steps
+    _plan_horizon(horizon, config, step=1, elapsed=1.0, step_seconds=0.5, eval_seconds=1.0)
+    assert horizon["steps"] == 1 + int(29.0 / 0.7)
+    _plan_horizon(horizon, config, step=3, elapsed=2.0, step_seconds=0.1, eval_seconds=0.0)
+    assert horizon["steps"] == 1 + int(29.0 / 0.7), "the horizon never grows back"
+    fast = {"steps": 200}
+    _plan_horizon(fast, config, step=1, elapsed=0.1, step_seconds=0.001, eval_seconds=0.0)
+    assert fast["steps"] == 200, "an affordable max_steps is kept"
+
+
+def test_time_limited_finetune_plans_its_schedule(caplog):
+    X, y = sign_task(400)
+    with caplog.at_level(logging.INFO, logger="autogluon_tfm.finetune.trainer"):
+        tuned = classifier("tabicl", make_tiny_network("tabicl"), fine_tune="full", fine_tune_steps=100_000,
+                           time_limit=2.0).fit(X, y)
+    assert tuned.fine_tune_report_.steps_run < 100_000
+    assert "learning-rate schedule is planned for" in caplog.text
 
 
 # ------------------------------------------------------------------------------------------------ estimator glue

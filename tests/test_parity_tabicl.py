@@ -3,11 +3,20 @@ load through ``load_network`` and give the same test-row outputs (fp32, CPU, eva
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from autogluon_tfm.checkpoints import load_network
+
+# benchmarks/ is a folder of the repository, not part of the installed package.
+if str(Path(__file__).resolve().parents[1]) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.speed import randomize_weights  # noqa: E402
 
 tabicl_model = pytest.importorskip("tabicl._model.tabicl", reason="official tabicl is a test dependency")
 
@@ -23,18 +32,8 @@ CONFIGS = {"v1": V1, "v2-clf": V2_CLF, "v2-reg": V2_REG}
 
 def _randomize(module: torch.nn.Module, seed: int) -> None:
     """Official init zeroes residual branches and query MLPs; random values of unit scale make parity meaningful."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if name.endswith("rope.freqs"):
-                continue
-            noise = torch.randn(p.shape, generator=gen)
-            if p.dim() >= 2 and "ind_vectors" not in name and "cls_tokens" not in name:
-                p.copy_(noise / p.shape[-1] ** 0.5)
-            elif "norm" in name or "ln" in name.split(".")[-2]:
-                p.copy_(1.0 + 0.2 * noise if name.endswith("weight") else 0.2 * noise)
-            else:
-                p.copy_(noise * 0.5)
+    randomize_weights(module, seed, scale=0.2, other_scale=0.5, not_matrices=("ind_vectors", "cls_tokens"),
+                      is_norm=lambda name: "norm" in name or "ln" in name.split(".")[-2])
 
 
 @pytest.fixture(scope="module", params=sorted(CONFIGS))

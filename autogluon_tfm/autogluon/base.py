@@ -18,6 +18,14 @@ import pandas as pd
 from autogluon.common.utils.pandas_utils import get_approximate_df_mem_usage
 from autogluon.tabular.models.abstract.abstract_torch_model import AbstractTorchModel
 
+from autogluon_tfm.autogluon.persistence import (
+    DEFAULT_STORE_WEIGHTS_MAX_MB,
+    WeightsReference,
+    load_referenced_network,
+    store_by_reference,
+    validate_store_weights,
+)
+
 logger = logging.getLogger(__name__)
 
 # Finetuning may use this share of the time AutoGluon gives a fit; the rest covers encoding and AutoGluon's own
@@ -104,8 +112,13 @@ class TFMBaseModel(AbstractTorchModel):
     fit fails with a clear error. ``random_state`` is AutoGluon's seed (per fold in bags). ``device`` is not a
     hyperparameter: any GPU share AutoGluon allocates (``ag.num_gpus``) means ``"cuda"``, else ``"cpu"``.
 
-    The fitted estimator keeps its (small) network inside, so a saved predictor predicts in a fresh process without
-    network access; saving always moves the network to CPU first.
+    Saving (``ag.`` parameters, see :mod:`autogluon_tfm.autogluon.persistence`): a network up to
+    ``ag.store_weights_max_mb`` (default 50) megabytes, e.g. the shipped weights, and every finetuned network are
+    stored inside the saved model, so the predictor predicts in a fresh process without network access or cache. A
+    larger unmodified checkpoint (a full-size official one) is stored by reference: its name, path and sha256; loading
+    finds it at that path or by name in the current cache, and raises a clear error if it is missing or changed.
+    ``ag.store_weights=True`` always stores the weights, ``False`` stores every unmodified checkpoint by reference.
+    Saving always moves the network to CPU first, so a model fitted on a GPU loads on a machine without CUDA.
 
     Finetuning (every problem type: ``fine_tune="full" | "lora"`` with ``fine_tune_steps``, ``learning_rate``,
     ``lora_*``; quantile problems finetune the regression network with its own head loss): the fit early-stops on AutoGluon's validation rows (``X_val``, the out-of-fold rows in a bag) within
@@ -141,10 +154,20 @@ class TFMBaseModel(AbstractTorchModel):
     # Quantile problems need a distributional regression head; a model whose head predicts one value (Mitra)
     # drops "quantile" in its subclass.
     _supported_problem_types = ["binary", "multiclass", "regression", "quantile"]
-    _default_auxiliary_params_extra = limits(max_rows=100_000, max_features=2_000)
+    _default_auxiliary_params_extra = {
+        **limits(max_rows=100_000, max_features=2_000),
+        # How a saved model keeps its network (see the class docstring and persistence.py).
+        "store_weights": "auto",
+        "store_weights_max_mb": DEFAULT_STORE_WEIGHTS_MAX_MB,
+    }
     _default_ag_args_ensemble_extra = {
-        # A fold fit is near-instant (the estimator only stores the context); parallel fold workers would each pay
-        # for a process, a CUDA context and loading the network, which costs more than they save.
+        # Sequential by measurement (benchmarks/fold_strategy.py, benchmarks/results/fold_strategy.md): a fold fit
+        # only stores the context and the OOF prediction is one forward pass that already uses every core, so
+        # parallel folds save little, while ray's start-up (tens of seconds, ~1.7 GB of extra processes on the
+        # 2-core dev machine) made parallel_local 4-10x slower in wall time on 500-1,500-row tables, with identical
+        # scores. On a GPU the same holds a fortiori (each worker adds a process, a CUDA context and a network
+        # load; AutoGluon's built-in TabICL/TabPFN/TabDPT wrappers choose sequential too). Deliberately not set via
+        # `fold_fitting_strategy_cpu/_gpu`: those would override a user's `ag.ens.fold_fitting_strategy`.
         "fold_fitting_strategy": "sequential_local",
         # Serve one model fit on all rows instead of k fold models: one forward pass per prediction, and the
         # full data as context.
@@ -154,6 +177,13 @@ class TFMBaseModel(AbstractTorchModel):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._fit_device: str | None = None  # resolved device of the last fit / set_device
+        # Set while `save` pickles the model: the checkpoint reference that replaces the network in the pickle.
+        self._saving_reference: WeightsReference | None = None
+        #: After loading a model saved by reference: that reference (the network was reloaded from it).
+        self.weights_reference: WeightsReference | None = None
+
+    def _ag_params(self) -> set[str]:
+        return {"store_weights", "store_weights_max_mb"}
 
     # ------------------------------------------------------------------------------------------------ params
     def _set_default_params(self) -> None:
@@ -247,6 +277,8 @@ class TFMBaseModel(AbstractTorchModel):
         **kwargs: Any,
     ) -> None:
         # In-context fitting only stores the training context: X_val / y_val / time_limit matter to finetuning only.
+        ag_params = self._get_ag_params()
+        validate_store_weights(ag_params.get("store_weights"), ag_params.get("store_weights_max_mb"))
         device = self._resolve_fit_device(num_gpus=num_gpus or 0)
         estimator_kwargs = self._get_estimator_kwargs(device=device)
         X = self.preprocess(X, is_train=True)
@@ -319,6 +351,45 @@ class TFMBaseModel(AbstractTorchModel):
         and with the best available device after loading."""
         self.model.to(device)
         self._fit_device = self.to_torch_device(device).type
+
+    # ---------------------------------------------------------------------------------------------- save/load
+    def save(self, path: str | None = None, verbose: bool = True) -> str:
+        """Save as AutoGluon does, with the network either inside the pickle or replaced by a reference to its
+        checkpoint (``ag.store_weights`` / ``ag.store_weights_max_mb``)."""
+        if self.model is not None:
+            ag_params = self._get_ag_params()
+            self._saving_reference = store_by_reference(
+                self.model, ag_params.get("store_weights", "auto"), ag_params.get("store_weights_max_mb")
+            )
+            if self._saving_reference is not None:
+                reference = self._saving_reference
+                logger.log(15, "%s: network stored by reference to %s (sha256 %s...)", self.name, reference.path,
+                           reference.sha256[:16])
+        try:
+            return super().save(path=path, verbose=verbose)
+        finally:
+            self._saving_reference = None
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        reference = state.pop("_saving_reference", None)
+        state["_saving_reference"] = None
+        if reference is not None and self.model is not None:
+            # A shallow stand-in for the estimator without its network (the live estimator keeps it).
+            light = object.__new__(type(self.model))
+            light.__dict__.update({k: v for k, v in self.model.__dict__.items() if k != "network_"})
+            state["model"] = light
+            state["weights_reference"] = reference
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        reference = state.get("weights_reference")
+        if reference is not None and self.model is not None and "network_" not in self.model.__dict__:
+            # Reload the network now, so a missing or changed checkpoint fails at load with a clear message.
+            self.model.network_ = load_referenced_network(
+                reference, self.estimator_model_name, self._task(), owner=f"{self.name} ({type(self).__name__})"
+            )
 
     # ------------------------------------------------------------------------------------------------ memory
     # Process baseline: Python + torch + autogluon_tfm + AutoGluon imports (~420 MB measured) plus what the first fit

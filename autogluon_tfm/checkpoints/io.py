@@ -278,6 +278,12 @@ def _find(path_or_name: str | Path) -> Path:
     )
 
 
+def find_checkpoint(path_or_name: str | Path) -> Path:
+    """The file (or Mitra directory) :func:`load_network` would read for ``path_or_name``: a path, a shipped weights
+    name or an official file name in the local cache. Raises ``FileNotFoundError`` (never downloads)."""
+    return _find(path_or_name)
+
+
 def load_network(path_or_name: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """Load a network in eval mode from a path, a shipped weights name or a cached official file name."""
     path = _find(path_or_name)

@@ -49,7 +49,8 @@ class FinetuneConfig:
         eval_every: steps between validation passes (one also runs before the first step and after the last).
         patience: stop after this many validation passes without an improvement larger than ``min_delta``.
         min_delta: smallest decrease of the validation loss that counts as an improvement.
-        time_limit: seconds for the whole call (``None`` = no limit); a step that would not finish in time is skipped.
+        time_limit: seconds for the whole call (``None`` = no limit); a step that would not finish in time is skipped,
+            and the warm-up + cosine schedule is shortened to the steps the limit affords.
         lora_rank / lora_alpha / lora_dropout / lora_target_modules: LoRA settings (``mode="lora"`` only).
         merge_lora: fold the trained adapters into the weights and return the plain network (else keep the wrappers).
     """
@@ -132,6 +133,26 @@ def _lr_factor(step: int, max_steps: int, warmup_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
+# Steps after which a time-limited run re-plans its schedule: the first step is slow (allocations, warm caches).
+_HORIZON_PLAN_STEPS = (1, 3)
+
+
+def _plan_horizon(
+    horizon: dict[str, int], config: FinetuneConfig, step: int, elapsed: float, step_seconds: float,
+    eval_seconds: float,
+) -> None:
+    """Shrink ``horizon["steps"]`` to the number of steps the remaining time affords (never below ``step + 1``)."""
+    per_step = step_seconds + (eval_seconds / config.eval_every if eval_seconds else 0.0)
+    affordable = step + int(max(config.time_limit - elapsed, 0.0) / max(per_step, 1e-9))
+    planned = max(step + 1, min(config.max_steps, affordable))
+    if planned < horizon["steps"]:
+        logger.info(
+            "Finetuning: the time limit affords about %d of %d steps; the learning-rate schedule is planned for %d",
+            affordable, config.max_steps, planned,
+        )
+        horizon["steps"] = planned
+
+
 def finetune(
     network: nn.Module,
     data: FinetuneData,
@@ -211,10 +232,15 @@ def _finetune(
 
     params = list(trainable.values())
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    warmup_steps = max(1, int(round(config.warmup_fraction * config.max_steps)))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: _lr_factor(step, config.max_steps, warmup_steps)
-    )
+    # The schedule's horizon: max_steps, or fewer when the time limit cannot afford them (planned after the first
+    # steps are timed), so that a time-limited fit still warms up and decays instead of stopping mid warm-up.
+    horizon = {"steps": config.max_steps}
+
+    def lr_factor(step: int) -> float:
+        warmup_steps = max(1, int(round(config.warmup_fraction * horizon["steps"])))
+        return _lr_factor(step, horizon["steps"], warmup_steps)
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16" and device.type == "cuda")
     rng = np.random.default_rng(seed)
     evals_without_improvement = 0
@@ -224,7 +250,7 @@ def _finetune(
 
     with tqdm(total=config.max_steps, desc=f"finetune ({config.mode})", disable=not verbose, leave=False) as progress:
         for step in range(1, config.max_steps + 1):
-            evaluates = data.has_validation and (step % config.eval_every == 0 or step == config.max_steps)
+            evaluates = data.has_validation and (step % config.eval_every == 0 or step == horizon["steps"])
             if config.time_limit is not None:
                 expected = step_seconds + (eval_seconds if evaluates else 0.0)
                 if time.monotonic() - start + expected > config.time_limit:
@@ -250,9 +276,16 @@ def _finetune(
             report.steps_run = step
             train_losses.append(float(loss.detach()))
             step_seconds = time.monotonic() - step_start
+            if config.time_limit is not None and step in _HORIZON_PLAN_STEPS:
+                _plan_horizon(horizon, config, step, time.monotonic() - start, step_seconds, eval_seconds)
             progress.update(1)
+            # A horizon shortened for the time limit has decayed the learning rate to 0: later steps cannot learn.
+            schedule_done = step >= horizon["steps"] and horizon["steps"] < config.max_steps
             if not evaluates:
                 progress.set_postfix(train_loss=f"{train_losses[-1]:.4f}", refresh=False)
+                if schedule_done:
+                    report.stop_reason = f"time limit of {config.time_limit:.1f}s (its {step}-step schedule finished)"
+                    break
                 continue
 
             eval_start = time.monotonic()
@@ -271,6 +304,9 @@ def _finetune(
             progress.set_postfix(val_loss=f"{val_loss:.4f}", best=f"{report.best_loss:.4f}", refresh=False)
             if evals_without_improvement >= config.patience:
                 report.stop_reason = f"no improvement in {config.patience} validation passes (early stopping)"
+                break
+            if schedule_done:
+                report.stop_reason = f"time limit of {config.time_limit:.1f}s (its {step}-step schedule finished)"
                 break
 
     if best_state is not None:

@@ -8,10 +8,12 @@ it (training rows + test rows) per ensemble member, moving and pickling.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,6 +33,8 @@ logger = logging.getLogger(__name__)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 FINE_TUNE_MODES = (None, "full", "lora")
+# Whether precision="auto" picks bf16 autocast on CPUs with native bf16 matmuls (see ``resolve_precision``).
+AUTO_BF16_ON_CPU = False
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -46,15 +50,48 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return resolved
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AMX or AVX512-BF16): there bf16 autocast pays, elsewhere it is
+    emulated and slower than fp32. Read from /proc/cpuinfo flags, else from torch's CPU capability checks."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+        return "amx_bf16" in flags or "avx512_bf16" in flags
+    except OSError:
+        checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+        return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``"auto"`` -> bf16 autocast on CUDA (fp16 where bf16 is unsupported), fp32 elsewhere."""
+    """``"auto"`` -> bf16 autocast on CUDA (fp16 where bf16 is unsupported), fp32 elsewhere.
+
+    CPUs with native bf16 (``cpu_has_fast_bf16``) stay fp32 for now although bf16 measured 1.3-1.7x faster for
+    full-size TabICL (1.0-1.1x for the shipped small weights) with >= 99.6 % argmax agreement: several tests compare
+    default-precision predictions across batch layouts at 1e-6, which bf16 rounding breaks (see speed.md).
+    ``AUTO_BF16_ON_CPU = True`` switches it on."""
     if precision not in PRECISIONS:
         raise ValueError(f"Unknown precision {precision!r}; expected one of {PRECISIONS}.")
     if precision != "auto":
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cpu" and AUTO_BF16_ON_CPU and cpu_has_fast_bf16():
+        return "bf16"
     return "fp32"
+
+
+def supports_train_cache(network: torch.nn.Module) -> bool:
+    """Whether ``network`` can run its training rows once and then only test rows (``TabICL``'s split API)."""
+    return all(callable(getattr(network, name, None)) for name in ("build_train_cache", "forward_with_cache"))
+
+
+def _total_memory_bytes() -> int:
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().total)
+    except ImportError:  # psutil comes with AutoGluon; without it assume a small machine
+        return 8 * 1024**3
 
 
 class InContextEstimator(BaseEstimator):
@@ -88,6 +125,12 @@ class InContextEstimator(BaseEstimator):
     _task: str = "classification"
     # Test rows per network call; training rows are always all present. Bounds memory for large test sets.
     max_test_rows_per_forward: int = 50_000
+    # Working memory one network call aims at (bytes). Networks with a train cache (TabICL) size member batches,
+    # column/row chunks and test chunks from it; others use ``batch_size`` and ``max_test_rows_per_forward``.
+    memory_budget_bytes: int = 4 * 1024**3
+    # Train caches kept between predictions (bytes; None = a quarter of the machine's memory, at most 8 GiB).
+    # A cache beyond the budget still serves the prediction that built it (all its test chunks), then is dropped.
+    train_cache_max_bytes: int | None = None
 
     # ------------------------------------------------------------------------------------------------ validation
     def _validate_common_params(self) -> tuple[str, ...]:
@@ -294,6 +337,72 @@ class InContextEstimator(BaseEstimator):
         for method, group in itertools.groupby(self.members_, key=lambda member: member.norm_method):
             yield method, list(group)
 
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        autocast_dtype = AUTOCAST_DTYPES[self.precision_]
+        if autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device_.type, dtype=autocast_dtype)
+
+    # ------------------------------------------------------------------------------ memory plan and train caches
+    def _tabicl_sizes(self, network: torch.nn.Module, n_features: int) -> tuple[int, int, int, int]:
+        """(columns per row G, column width E, tokens per row C+G, row width D) of a TabICL-like network."""
+        config = getattr(network, "config", {})
+        E = int(config.get("embed_dim", 128))
+        C = int(config.get("row_num_cls", 4))
+        group = config.get("col_feature_group", "same")
+        G = -(-n_features // int(config.get("col_feature_group_size", 3))) if group == "valid" else n_features
+        return G, E, C + G, C * E
+
+    def _member_batch_size(self, network: torch.nn.Module, n_train: int, n_features: int) -> int:
+        """Members per network call: ``batch_size``, fewer when one member's training rows need a lot of memory.
+
+        For a cached network, one member holds its column-stage output (G x n x E), its row representations and
+        the ICL states of every block (n x D each) at once (fp32 bytes).
+        """
+        if not supports_train_cache(network):
+            return int(self.batch_size)
+        G, E, _, D = self._tabicl_sizes(network, n_features)
+        n_icl = int(getattr(network, "config", {}).get("icl_num_blocks", 12))
+        per_member = 4 * n_train * (G * E + (n_icl + 6) * D)
+        return int(max(1, min(int(self.batch_size), self.memory_budget_bytes // max(per_member, 1))))
+
+    def _chunks(self, network: torch.nn.Module, n_members: int, n_rows: int, n_features: int) -> dict[str, int]:
+        """Column and row chunks that keep one stage's activations near a quarter of ``memory_budget_bytes``."""
+        G, E, tokens, _ = self._tabicl_sizes(network, n_features)
+        share = self.memory_budget_bytes // 4
+        # ~6 live (rows, E) tensors per column in the set transformer; ~8 (tokens, E) per row in the row transformer
+        return {
+            "col_chunk": int(max(1, share // max(6 * 4 * n_rows * E, 1))),
+            "row_chunk": int(max(n_members, share // (8 * 4 * tokens * E))),
+        }
+
+    def _test_chunk_rows(self, network: torch.nn.Module, n_members: int, n_features: int) -> int:
+        """Test rows per cached call: each test row costs its own activations only (~0.25 MB per member at G=50)."""
+        G, E, tokens, D = self._tabicl_sizes(network, n_features)
+        per_row = 4 * n_members * (6 * G * E + 8 * tokens * E + 8 * D)
+        return int(max(256, min(self.max_test_rows_per_forward, (self.memory_budget_bytes // 4) // per_row)))
+
+    def _reset_train_cache(self) -> None:
+        """Forget cached training-row work (a new fit, another device or precision)."""
+        self.__dict__["train_cache_"] = {}
+
+    def _cache_budget(self) -> int:
+        if self.train_cache_max_bytes is not None:
+            return int(self.train_cache_max_bytes)
+        return min(_total_memory_bytes() // 4, 8 * 1024**3)
+
+    def _train_cache(self, network: torch.nn.Module, key: Any, build: Callable[[], Any]) -> Any:
+        """The cache stored under ``key`` for this network/device/precision, else ``build()`` (kept within budget)."""
+        caches = self.__dict__.setdefault("train_cache_", {})
+        full_key = (id(network), str(self.device_), self.precision_, key)
+        cache = caches.get(full_key)
+        if cache is None:
+            cache = build()
+            used = sum(entry.nbytes for entry in caches.values())
+            if used + cache.nbytes <= self._cache_budget():
+                caches[full_key] = cache
+        return cache
+
     def _forward(
         self,
         network: torch.nn.Module,
@@ -303,6 +412,7 @@ class InContextEstimator(BaseEstimator):
         feature_orders: Sequence[np.ndarray],
         progress: tqdm,
         reduce: Callable[[np.ndarray], np.ndarray] | None = None,
+        cache_key: Any = None,
     ) -> np.ndarray:
         """Run the network on ``(members, n_train + test chunk, H)``; returns ``(members, n_test, n_out)`` float32.
 
@@ -310,16 +420,17 @@ class InContextEstimator(BaseEstimator):
         chunking does not change results); each member's test rows get that member's feature order. ``reduce``, if
         given, maps each chunk's ``(members, chunk, n_out)`` output to ``(members, chunk, k)`` before the chunks are
         joined, so wide outputs (thousands of logits per row) need not be kept for every test row.
+
+        A network with a train cache (TabICL) runs the training rows once per call and every test chunk against
+        the cache; with a ``cache_key`` the cache is kept for the next prediction (``train_cache_max_bytes``).
         """
+        if supports_train_cache(network):
+            return self._forward_cached(
+                network, X_train_batch, y_batch, X_test, feature_orders, progress, reduce, cache_key
+            )
         device = self.device_
-        autocast_dtype = AUTOCAST_DTYPES[self.precision_]
-        autocast = (
-            torch.autocast(device_type=device.type, dtype=autocast_dtype)
-            if autocast_dtype is not None
-            else contextlib.nullcontext()
-        )
         outputs = []
-        with torch.no_grad(), autocast:
+        with torch.no_grad(), self._autocast():
             train = torch.from_numpy(np.ascontiguousarray(X_train_batch, dtype=np.float32)).to(device)
             labels = torch.from_numpy(np.ascontiguousarray(y_batch, dtype=np.float32)).to(device)
             for start in range(0, len(X_test), self.max_test_rows_per_forward):
@@ -331,6 +442,65 @@ class InContextEstimator(BaseEstimator):
                 progress.update(1)
         return np.concatenate(outputs, axis=1)
 
+    def _forward_cached(
+        self, network: torch.nn.Module, X_train_batch: np.ndarray, y_batch: np.ndarray, X_test: np.ndarray,
+        feature_orders: Sequence[np.ndarray], progress: tqdm, reduce: Callable[[np.ndarray], np.ndarray] | None,
+        cache_key: Any,
+    ) -> np.ndarray:
+        """:meth:`_forward` for a network with a train cache (same arguments): training rows once, then test chunks."""
+        n_members, n_train, n_features = X_train_batch.shape
+        outputs = []
+        with torch.no_grad(), self._autocast():
+
+            def build():
+                train = torch.from_numpy(np.ascontiguousarray(X_train_batch, dtype=np.float32)).to(self.device_)
+                labels = torch.from_numpy(np.ascontiguousarray(y_batch, dtype=np.float32)).to(self.device_)
+                chunks = self._chunks(network, n_members, n_train, n_features)
+                return network.build_train_cache(train, labels, **chunks)
+
+            cache = build() if cache_key is None else self._train_cache(network, ("flat", cache_key), build)
+            step = self._test_chunk_rows(network, n_members, n_features)
+            chunks = self._chunks(network, n_members, min(step, len(X_test)), n_features)
+            for start in range(0, len(X_test), step):
+                chunk = X_test[start : start + step]
+                test = torch.from_numpy(np.stack([chunk[:, order] for order in feature_orders]).astype(np.float32))
+                output = network.forward_with_cache(test.to(self.device_), cache, **chunks).float().cpu().numpy()
+                outputs.append(output if reduce is None else reduce(output))
+        progress.update(-(-len(X_test) // self.max_test_rows_per_forward))  # the units the caller counted
+        return np.concatenate(outputs, axis=1)
+
+    def _encode_cached(
+        self,
+        network: torch.nn.Module,
+        X_train_member: np.ndarray,
+        y_member: np.ndarray,
+        X_test: np.ndarray,
+        feature_order: np.ndarray,
+        cache_key: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row representations ``(R_train (1, n, D), R_test (1, m, D))`` of one member, the training rows' part cached.
+
+        For hierarchical classification: the column and row stages run once per member, every tree node reuses them.
+        """
+        n_train, n_features = X_train_member.shape
+        with torch.no_grad(), self._autocast():
+
+            def build():
+                train = torch.from_numpy(np.ascontiguousarray(X_train_member[None], dtype=np.float32)).to(self.device_)
+                labels = torch.from_numpy(np.ascontiguousarray(y_member[None], dtype=np.float32)).to(self.device_)
+                chunks = self._chunks(network, 1, n_train, n_features)
+                return network.build_train_cache(train, labels, with_icl=False, **chunks)
+
+            cache = self._train_cache(network, ("rows", cache_key), build)
+            step = self._test_chunk_rows(network, 1, n_features)
+            parts = []
+            for start in range(0, len(X_test), step):
+                chunk = torch.from_numpy(np.ascontiguousarray(X_test[start : start + step, feature_order][None]))
+                chunk = chunk.to(self.device_, torch.float32)
+                chunks = self._chunks(network, 1, chunk.shape[1], n_features)
+                parts.append(network.encode_test_rows(chunk, cache, **chunks))
+        return cache.R_train, torch.cat(parts, dim=1)
+
     # ------------------------------------------------------------------------------------------ device, pickling
     def to(self, device: str | torch.device) -> InContextEstimator:
         """Move the fitted estimator to ``device`` (e.g. "cpu" before saving, "cuda" after loading)."""
@@ -339,6 +509,7 @@ class InContextEstimator(BaseEstimator):
         self.device_ = resolve_device(device)
         self.precision_ = resolve_precision(self.precision, self.device_)
         self.network_.to(self.device_)
+        self._reset_train_cache()
         return self
 
     def __getstate__(self) -> dict:
@@ -347,7 +518,9 @@ class InContextEstimator(BaseEstimator):
         network = self.__dict__.get("network_")
         if network is not None:
             network.to("cpu")
-        return super().__getstate__()
+        state = dict(super().__getstate__())  # a copy: the live estimator keeps its cache
+        state.pop("train_cache_", None)  # derived from the weights and the training rows: rebuilt on demand
+        return state
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)

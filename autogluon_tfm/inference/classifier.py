@@ -28,6 +28,7 @@ from autogluon_tfm.inference.base import (  # noqa: F401 - resolve_*, PRECISIONS
     InContextEstimator,
     resolve_device,
     resolve_precision,
+    supports_train_cache,
 )
 from autogluon_tfm.inference.ensemble import EnsembleMember, build_ensemble
 from autogluon_tfm.inference.hierarchical import build_class_tree, hierarchical_proba, proba_to_logits, softmax
@@ -73,6 +74,13 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
     """
 
     _task = "classification"
+    #: How a target-aware TabICL (v2) embeds columns with more classes than ``max_classes``: ``"per_node"`` runs the
+    #: whole network per class-tree node on that node's rows and labels (the labels stay within what the weights
+    #: were trained on); ``"mixed_radix"`` follows the official tabicl 2.x (rows encoded once per member with
+    #: mixed-radix label digits, only the ICL stage per node: much cheaper, but the project's shipped weights lose
+    #: most of their accuracy with it, see tests/test_many_class_predictor.py). Networks whose column embedding
+    #: ignores labels (v1) always encode rows once: both ways give the same result there.
+    many_class_encoding: str = "per_node"
 
     def __init__(
         self,
@@ -206,6 +214,7 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
         X_encoded = self.encoder_.transform(frame)
         self.preprocessor_ = EnsemblePreprocessor(norm_methods, self.outlier_threshold, seed).fit(X_encoded)
         self.y_train_ = y_encoded
+        self._reset_train_cache()
         self.members_: list[EnsembleMember] = build_ensemble(
             n_features=self.preprocessor_.n_features_out_,
             n_classes=self.n_classes_,
@@ -289,10 +298,11 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
         X_test = self.encoder_.transform(frame)
         network = self._network_on_device()
         n_chunks = -(-len(X_test) // self.max_test_rows_per_forward)
+        batch_size = self._member_batch_size(network, len(self.y_train_), self.preprocessor_.n_features_out_)
         if self.class_tree_ is not None:
             n_calls = len(self.members_) * (self.class_tree_.count_nodes() - self._count_single_class_leaves())
         else:
-            n_calls = sum(-(-len(group) // int(self.batch_size)) for _, group in self._member_groups())
+            n_calls = sum(-(-len(group) // batch_size) for _, group in self._member_groups())
         total = np.zeros((len(X_test), self.n_classes_))
         with (
             self._eval_mode(network),
@@ -302,12 +312,16 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
                 X_train_method = self.preprocessor_.train_transformed_[method]
                 X_test_method = self.preprocessor_.transform(X_test, method)
                 if self.class_tree_ is not None:
-                    for member in members:
-                        total += self._hierarchical_member(network, member, X_train_method, X_test_method, progress)
+                    for index, member in enumerate(members):
+                        total += self._hierarchical_member(
+                            network, member, X_train_method, X_test_method, progress, cache_key=(method, index)
+                        )
                     continue
-                for start in range(0, len(members), int(self.batch_size)):
-                    batch = members[start : start + int(self.batch_size)]
-                    total += self._flat_members(network, batch, X_train_method, X_test_method, progress)
+                for start in range(0, len(members), batch_size):
+                    batch = members[start : start + batch_size]
+                    total += self._flat_members(
+                        network, batch, X_train_method, X_test_method, progress, cache_key=(method, start, len(batch))
+                    )
         average = total / len(self.members_)
         proba = softmax(average, self.softmax_temperature) if self.average_logits else average
         return proba / proba.sum(axis=1, keepdims=True)
@@ -331,13 +345,20 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
         X_train: np.ndarray,
         X_test: np.ndarray,
         progress: tqdm,
+        cache_key: Any = None,
     ) -> np.ndarray:
         orders = [member.feature_order for member in members]
         X_train_batch = np.stack([X_train[:, order] for order in orders])
         y_batch = np.stack([member.class_pattern[self.y_train_] for member in members])
-        logits = self._forward(network, X_train_batch, y_batch, X_test, orders, progress)
+        logits = self._forward(network, X_train_batch, y_batch, X_test, orders, progress, cache_key=cache_key)
         logits = logits[..., : self.n_classes_]
         return sum(self._member_output(member_logits, member) for member_logits, member in zip(logits, members))
+
+    def _shares_row_encoding(self, network: torch.nn.Module) -> bool:
+        if self.many_class_encoding not in ("per_node", "mixed_radix"):
+            raise ValueError(f"Unknown many_class_encoding {self.many_class_encoding!r}; use 'per_node' or 'mixed_radix'.")
+        target_aware = bool(getattr(getattr(network, "col_embedder", None), "target_aware", False))
+        return supports_train_cache(network) and (not target_aware or self.many_class_encoding == "mixed_radix")
 
     def _hierarchical_member(
         self,
@@ -346,15 +367,42 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
         X_train: np.ndarray,
         X_test: np.ndarray,
         progress: tqdm,
+        cache_key: Any = None,
     ) -> np.ndarray:
+        """One member's contribution with more classes than the network's ``max_classes`` (a tree of calls).
+
+        With a shared row encoding (see ``many_class_encoding``) the network encodes training and test rows once
+        (the column embedding sees all classes through mixed-radix label digits, as the official TabICL does) and
+        runs only the ICL stage per tree node on the node's training rows. Otherwise the network runs fully per
+        node on the node's rows and labels.
+        """
         X_train_member = X_train[:, member.feature_order]
         y_member = member.class_pattern[self.y_train_]
 
-        def node_logits(rows: np.ndarray, labels: np.ndarray, n_labels: int) -> np.ndarray:
-            logits = self._forward(
-                network, X_train_member[rows][None], labels[None], X_test, [member.feature_order], progress
+        if self._shares_row_encoding(network):
+            R_train, R_test = self._encode_cached(
+                network, X_train_member, y_member, X_test, member.feature_order, cache_key
             )
-            return logits[0]
+            step = self._test_chunk_rows(network, 1, X_train.shape[1])
+
+            def node_logits(rows: np.ndarray, labels: np.ndarray, n_labels: int) -> np.ndarray:
+                node_train = R_train[:, torch.from_numpy(rows).to(R_train.device)]
+                y_node = torch.from_numpy(labels.astype(np.float32))[None].to(R_train.device)
+                parts = []
+                with torch.no_grad(), self._autocast():
+                    for start in range(0, R_test.shape[1], step):
+                        R = torch.cat([node_train, R_test[:, start : start + step]], dim=1)
+                        parts.append(network.icl(R, y_node)[0].float().cpu().numpy())
+                progress.update(-(-len(X_test) // self.max_test_rows_per_forward))
+                return np.concatenate(parts)
+
+        else:
+
+            def node_logits(rows: np.ndarray, labels: np.ndarray, n_labels: int) -> np.ndarray:
+                logits = self._forward(
+                    network, X_train_member[rows][None], labels[None], X_test, [member.feature_order], progress
+                )
+                return logits[0]
 
         proba = hierarchical_proba(
             node_logits,

@@ -234,6 +234,7 @@ class TFMRegressor(RegressorMixin, InContextEstimator):
             scaling = getattr(self.network_, "regression_target_scaling", "zscore")
             self.target_scaler_ = TargetScaler(scaling).fit(targets)
             self.y_train_ = self.target_scaler_.transform(targets)
+        self._reset_train_cache()
         self.fine_tune_report_ = None
         if self.fine_tune is not None:
             self._run_fine_tune(X_val, y_val, seed, fit_start)
@@ -308,7 +309,8 @@ class TFMRegressor(RegressorMixin, InContextEstimator):
         X_test = self.encoder_.transform(frame)
         network = self._network_on_device()
         n_chunks = -(-len(X_test) // self.max_test_rows_per_forward)
-        n_calls = sum(-(-len(group) // int(self.batch_size)) for _, group in self._member_groups())
+        batch_size = self._member_batch_size(network, len(self.y_train_), self.preprocessor_.n_features_out_)
+        n_calls = sum(-(-len(group) // batch_size) for _, group in self._member_groups())
         expected_width = self.head_.n_out
 
         def checked_reduce(output: np.ndarray) -> np.ndarray:
@@ -327,13 +329,20 @@ class TFMRegressor(RegressorMixin, InContextEstimator):
             for method, members in self._member_groups():
                 X_train_method = self.preprocessor_.train_transformed_[method]
                 X_test_method = self.preprocessor_.transform(X_test, method)
-                for start in range(0, len(members), int(self.batch_size)):
-                    batch = members[start : start + int(self.batch_size)]
+                for start in range(0, len(members), batch_size):
+                    batch = members[start : start + batch_size]
                     orders = [member.feature_order for member in batch]
                     X_train_batch = np.stack([X_train_method[:, order] for order in orders])
                     y_batch = np.broadcast_to(self.y_train_, (len(batch), len(self.y_train_)))
                     reduced = self._forward(
-                        network, X_train_batch, y_batch, X_test_method, orders, progress, reduce=checked_reduce
+                        network,
+                        X_train_batch,
+                        y_batch,
+                        X_test_method,
+                        orders,
+                        progress,
+                        reduce=checked_reduce,
+                        cache_key=(method, start, len(batch)),
                     )
                     batch_sum = reduced.sum(axis=0)
                     total = batch_sum if total is None else total + batch_sum

@@ -5,7 +5,13 @@ cross-entropy over the buckets of TabPFN v2's bar distribution, squared error of
 are scaled by the training rows of each table exactly as the estimators scale them at inference.
 
 Resumable: ``<out>/last.ckpt`` holds model, optimizer, scheduler, step, data counters and wall time, written every
-``checkpoint_every`` steps and at the end. A later run with the same ``out`` continues from it.
+``checkpoint_every`` steps, at the end and when the ``max_minutes`` budget runs out. A later run with the same
+``out`` continues from it.
+
+Optional, all off by default so that existing runs resume identically: a curriculum that grows the largest table
+(rows, features) over the first ``curriculum_steps`` steps; ``torchrun`` data parallelism (each rank its own prior
+stream, gradients all-reduced, rank 0 alone writes); periodic evaluation (``eval_every``, see ``evaluate.py``).
+See ``autogluon_tfm/pretrain/README.md`` for the protocol around runs.
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ import csv
 import json
 import logging
 import math
+import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,30 +85,75 @@ class PretrainConfig:
     checkpoint_every: int = 50
     out: str = "runs/tabicl-small"
     extra: dict[str, Any] = field(default_factory=dict)
+    # ---- added later; the defaults keep older runs (whose checkpoints lack these fields) exactly as they were.
+    # Curriculum: over the first curriculum_steps steps the largest table grows log-linearly from
+    # curriculum_start_rows (0: min_rows) to max_rows rows and linearly from curriculum_start_features
+    # (0: no feature curriculum) to max_features features. 0 steps: sizes log-uniform in the full range throughout.
+    curriculum_steps: int = 0
+    curriculum_start_rows: int = 0
+    curriculum_start_features: int = 0
+    # Wall-clock budget of this invocation in minutes: save a checkpoint and stop cleanly when it is spent.
+    max_minutes: float | None = None
+    # Every eval_every steps (0: never), evaluate on eval_datasets (None: evaluate.DEFAULT_EVAL_DATASETS; empty:
+    # none) and eval_synthetic held-out synthetic tables; print a table and append to <out>/eval.csv.
+    eval_every: int = 0
+    eval_datasets: tuple[str, ...] | None = None
+    eval_synthetic: int = 16
+    eval_max_train: int = 512
+    eval_max_test: int = 512
+
+
+def size_limits(cfg: PretrainConfig, step: int) -> tuple[int, int]:
+    """``(largest n_rows, largest n_features)`` a batch may draw at ``step`` under the curriculum."""
+    if cfg.curriculum_steps <= 0:
+        return cfg.max_rows, cfg.max_features
+    progress = min(1.0, step / cfg.curriculum_steps)
+    start_rows = cfg.curriculum_start_rows or cfg.min_rows
+    rows = math.exp(math.log(start_rows) + progress * (math.log(cfg.max_rows) - math.log(start_rows)))
+    start_features = cfg.curriculum_start_features or cfg.max_features
+    features = start_features + progress * (cfg.max_features - start_features)
+    max_rows = min(max(round(rows), cfg.min_rows), cfg.max_rows)
+    return max_rows, min(max(round(features), cfg.min_features), cfg.max_features)
 
 
 class PriorStream(IterableDataset):
-    """Endless batches from a prior, with a size curriculum; each DataLoader worker draws from its own seed."""
+    """Endless batches from a prior, with a size curriculum; each DataLoader worker (and each distributed rank)
+    draws from its own seed.
 
-    def __init__(self, cfg: PretrainConfig, start_step: int):
+    Worker ``w`` of ``k`` yields the batches of global steps ``start_step + i * k + w`` (the DataLoader's round-robin
+    order), which is the step the curriculum sees.
+    """
+
+    def __init__(self, cfg: PretrainConfig, start_step: int, rank: int = 0, world_size: int = 1):
         self.cfg = cfg
         self.start_step = start_step
+        self.rank = rank
+        self.world_size = world_size
 
     def __iter__(self):
         from autogluon_tfm.prior import PriorSampler
+        from autogluon_tfm.prior.dataset import max_features_for_rows
 
         cfg = self.cfg
         info = get_worker_info()
-        worker = 0 if info is None else info.id
+        worker, n_workers = (0, 1) if info is None else (info.id, info.num_workers)
         seed = [cfg.seed, self.start_step, worker]
+        if self.world_size > 1:  # single-process runs keep their original seeds (resume compatibility)
+            seed.append(self.rank)
         torch.set_num_threads(1)
         sampler = PriorSampler(cfg.prior, seed=int(np.random.SeedSequence(seed).generate_state(1)[0]))
         rng = np.random.default_rng(seed)
+        local_index = 0
         while True:
-            n_rows = int(round(math.exp(rng.uniform(math.log(cfg.min_rows), math.log(cfg.max_rows)))))
-            n_features = int(rng.integers(cfg.min_features, cfg.max_features + 1))
+            # The same draws with or without a curriculum: only their upper bounds move.
+            max_rows, max_features = size_limits(cfg, self.start_step + local_index * n_workers + worker)
+            n_rows = int(round(math.exp(rng.uniform(math.log(cfg.min_rows), math.log(max_rows)))))
+            if cfg.curriculum_steps > 0:  # long tables get fewer features (bounded memory), as in TabICL
+                max_features = max(cfg.min_features, max_features_for_rows(n_rows, max_features))
+            n_features = int(rng.integers(cfg.min_features, max_features + 1))
             n_train = int(n_rows * rng.uniform(*cfg.train_fraction))
             n_train = min(max(n_train, 2), n_rows - 1)
+            local_index += 1
             yield sampler.sample_batch(
                 cfg.batch_size, n_rows, n_features=n_features, max_features=n_features, n_train=n_train
             )
@@ -142,62 +195,180 @@ def task_loss(net: torch.nn.Module, batch: Any, device: str, task: str) -> torch
     return regression_loss(net, net(X, y[:, :n], **kwargs), y[:, n:])
 
 
-def pretrain(cfg: PretrainConfig) -> Path:
-    """Run (or resume) pretraining; returns the path of the last checkpoint."""
+# Architectures whose networks read NaN cells (TabPFN v2 embeds NaN indicators); the others need imputed input.
+NAN_ARCHITECTURES = ("tabpfn_v2",)
+
+
+def check_config(cfg: PretrainConfig) -> None:
+    """Fail early, before any file is written, on settings that cannot work."""
     from autogluon_tfm.prior import get_prior_config
 
-    prior_task = get_prior_config(cfg.prior).task
-    if prior_task != cfg.task:
-        raise ValueError(f"Prior {cfg.prior!r} generates {prior_task} tables but task={cfg.task!r}; pick a matching prior.")
+    prior = get_prior_config(cfg.prior)
+    if prior.task != cfg.task:
+        raise ValueError(f"Prior {cfg.prior!r} generates {prior.task} tables but task={cfg.task!r}; pick a matching prior.")
+    if prior.nan_prob > 0 and cfg.arch not in NAN_ARCHITECTURES:
+        raise ValueError(
+            f"Prior {cfg.prior!r} has missing values, but {cfg.arch} networks do not read NaN "
+            f"(only {', '.join(NAN_ARCHITECTURES)} do); pick a prior without NaN."
+        )
+    if not 3 <= cfg.min_rows <= cfg.max_rows or not 1 <= cfg.min_features <= cfg.max_features:
+        raise ValueError("need 3 <= min_rows <= max_rows and 1 <= min_features <= max_features")
+    if cfg.curriculum_steps < 0 or cfg.eval_every < 0 or cfg.eval_synthetic < 0:
+        raise ValueError("curriculum_steps, eval_every and eval_synthetic must be >= 0")
+    if cfg.curriculum_start_rows and not cfg.min_rows <= cfg.curriculum_start_rows <= cfg.max_rows:
+        raise ValueError(f"curriculum_start_rows must be in [min_rows, max_rows], got {cfg.curriculum_start_rows}")
+    if cfg.curriculum_start_features and not cfg.min_features <= cfg.curriculum_start_features <= cfg.max_features:
+        raise ValueError("curriculum_start_features must be in [min_features, max_features]")
+    if cfg.max_minutes is not None and cfg.max_minutes <= 0:
+        raise ValueError(f"max_minutes must be > 0, got {cfg.max_minutes}")
+
+
+def default_evaluator(cfg: PretrainConfig, device: str) -> Callable[[torch.nn.Module, int], list[dict[str, Any]]]:
+    """The evaluator ``eval_every`` uses unless ``pretrain`` is given one."""
+    from autogluon_tfm.pretrain.evaluate import PretrainEvaluator
+
+    return PretrainEvaluator(
+        model=cfg.model.split("-")[0], task=cfg.task, prior=cfg.prior, datasets=cfg.eval_datasets,
+        synthetic_tables=cfg.eval_synthetic, synthetic_features=min(cfg.max_features, 10),
+        synthetic_rows=min(max(cfg.min_rows, 256), cfg.max_rows), max_train=cfg.eval_max_train,
+        max_test=cfg.eval_max_test, device=device, seed=cfg.seed,
+    )
+
+
+def _init_distributed(cfg: PretrainConfig) -> tuple[int, int, str, bool]:
+    """``(rank, world_size, device, created)``: joins the process group ``torchrun`` describes (WORLD_SIZE > 1),
+    gloo on CPU and NCCL on CUDA (one GPU per local rank); ``created`` if this call initialised it."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return 0, 1, cfg.device, False
+    import torch.distributed as dist
+
+    device = cfg.device
+    if device.startswith("cuda"):
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(device)
+    created = not dist.is_initialized()
+    if created:
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device, created
+
+
+def _all_reduce_gradients(params: list[torch.nn.Parameter], world_size: int) -> None:
+    """Average the gradients over the ranks in one collective. A parameter unused on some rank (e.g. a head the
+    batch did not need) gets a zero gradient everywhere rather than None, so every rank's optimizer steps alike."""
+    import torch.distributed as dist
+
+    for param in params:
+        if param.grad is None:
+            param.grad = torch.zeros_like(param)
+    flat = torch.cat([param.grad.reshape(-1) for param in params])
+    dist.all_reduce(flat)
+    flat /= world_size
+    offset = 0
+    for param in params:
+        param.grad.copy_(flat[offset : offset + param.numel()].view_as(param.grad))
+        offset += param.numel()
+
+
+def _truncate_csv(path: Path, step: int) -> None:
+    """Drop the rows of a step-indexed CSV logged after ``step`` (a resumed run redoes them)."""
+    if path.exists():
+        lines = path.read_text().splitlines()
+        kept = [lines[0]] + [ln for ln in lines[1:] if int(ln.split(",", 1)[0]) <= step]
+        path.write_text("\n".join(kept) + "\n")
+
+
+def pretrain(
+    cfg: PretrainConfig, evaluator: Callable[[torch.nn.Module, int], list[dict[str, Any]]] | None = None
+) -> Path:
+    """Run (or resume) pretraining; returns the path of the last checkpoint.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank runs this with the same ``cfg``. ``evaluator(net, step)``
+    replaces the default evaluation of ``cfg.eval_every`` (rows ``{"step", "dataset", "metric", "value"}``).
+    """
+    return _pretrain(cfg, evaluator)[0]
+
+
+def _pretrain(
+    cfg: PretrainConfig, evaluator: Callable[[torch.nn.Module, int], list[dict[str, Any]]] | None = None
+) -> tuple[Path, torch.nn.Module]:
+    """:func:`pretrain`, also returning the trained network (tests compare the ranks' weights)."""
+    check_config(cfg)
+    started = time.time()
+    rank, world_size, device, created_group = _init_distributed(cfg)
+    distributed = world_size > 1
+    is_main = rank == 0
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    net = build_network(cfg).to(cfg.device)
+    net = build_network(cfg).to(device)
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup = max(1, int(cfg.warmup_fraction * cfg.steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, cfg.steps, warmup))
     state = {"step": 0, "tables_seen": 0, "wall_time_s": 0.0}
     last = out / "last.ckpt"
+    if distributed:
+        import torch.distributed as dist
+
+        dist.barrier()  # rank 0 has created the output directory; nobody writes last.ckpt before everyone read it
     if last.exists():
-        ckpt = torch.load(last, map_location=cfg.device, weights_only=True)
+        ckpt = torch.load(last, map_location=device, weights_only=True)
         net.load_state_dict(ckpt["state_dict"])
         optimizer.load_state_dict(ckpt["optimizer_state"])
         scheduler.load_state_dict(ckpt["scheduler_state"])
         state = dict(ckpt["progress"])
         logger.info("Resumed from %s at step %d", last, state["step"])
-    (out / "pretrain_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    if distributed:
+        for tensor in net.state_dict().values():  # identical start on every rank, whatever each one loaded
+            dist.broadcast(tensor, src=0)
+    if is_main:
+        (out / "pretrain_config.json").write_text(json.dumps(asdict(cfg), indent=2))
     if state["step"] >= cfg.steps:
-        return last
+        return _finish(last, net, distributed, created_group)
+    if cfg.eval_every and evaluator is None and is_main:
+        evaluator = default_evaluator(cfg, device)
 
     loader = DataLoader(
-        PriorStream(cfg, state["step"]), batch_size=None, num_workers=cfg.num_workers,
-        prefetch_factor=4 if cfg.num_workers > 0 else None, persistent_workers=False,
+        PriorStream(cfg, state["step"], rank=rank, world_size=world_size), batch_size=None,
+        num_workers=cfg.num_workers, prefetch_factor=4 if cfg.num_workers > 0 else None, persistent_workers=False,
     )
-    log_path = out / "log.csv"
-    if log_path.exists():  # drop rows logged after the checkpoint we resumed from (they will be redone)
-        lines = log_path.read_text().splitlines()
-        kept = [lines[0]] + [ln for ln in lines[1:] if int(ln.split(",", 1)[0]) <= state["step"]]
-        log_path.write_text("\n".join(kept) + "\n")
-    new_log = not log_path.exists()
-    log_file = log_path.open("a", newline="")
-    log = csv.writer(log_file)
-    if new_log:
-        log.writerow(["step", "loss", "lr", "tables_seen", "wall_time_s", "n_rows", "n_features"])
+    log_path, eval_path = out / "log.csv", out / "eval.csv"
+    log_file = None
+    if is_main:
+        _truncate_csv(log_path, state["step"])  # rows logged after the checkpoint we resumed from are redone
+        _truncate_csv(eval_path, state["step"])
+        new_log = not log_path.exists()
+        log_file = log_path.open("a", newline="")
+        log = csv.writer(log_file)
+        if new_log:
+            log.writerow(["step", "loss", "lr", "tables_seen", "wall_time_s", "n_rows", "n_features"])
     net.train()
+    params = [param for param in net.parameters() if param.requires_grad]
     autocast = torch.autocast(
-        device_type="cuda" if "cuda" in cfg.device else "cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"
+        device_type="cuda" if "cuda" in device else "cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"
     )
-    bar = tqdm(total=cfg.steps, initial=state["step"], desc="pretrain", dynamic_ncols=True)
+    bar = tqdm(total=cfg.steps, initial=state["step"], desc="pretrain", dynamic_ncols=True, disable=not is_main)
     t_last = time.time()
+    t_progress = t_last
     ema_loss = None
+    budget_s = None if cfg.max_minutes is None else 60.0 * cfg.max_minutes
     try:
         for batch in loader:
             X = batch.X
             with autocast:
-                loss = task_loss(net, batch, cfg.device, cfg.task)
+                loss = task_loss(net, batch, device, cfg.task)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            out_of_time = budget_s is not None and time.time() - started >= budget_s
+            value = loss.item()
+            if distributed:
+                _all_reduce_gradients(params, world_size)
+                # One small collective: the mean loss for the log, and a stop vote (any rank out of time stops all).
+                shared = torch.tensor([value, float(out_of_time)], dtype=torch.float64)
+                dist.all_reduce(shared)
+                value, out_of_time = float(shared[0]) / world_size, bool(shared[1] > 0)
             torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
             optimizer.step()
             scheduler.step()
@@ -205,22 +376,51 @@ def pretrain(cfg: PretrainConfig) -> Path:
             state["wall_time_s"] += now - t_last
             t_last = now
             state["step"] += 1
-            state["tables_seen"] += X.shape[0]
-            value = loss.item()
+            state["tables_seen"] += X.shape[0] * world_size
             ema_loss = value if ema_loss is None else 0.98 * ema_loss + 0.02 * value
-            log.writerow([state["step"], f"{value:.5f}", f"{scheduler.get_last_lr()[0]:.3e}", state["tables_seen"],
-                          f"{state['wall_time_s']:.1f}", X.shape[1], X.shape[2]])
-            bar.update(1)
-            bar.set_postfix(loss=f"{ema_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
-            if state["step"] % cfg.checkpoint_every == 0 or state["step"] >= cfg.steps:
-                log_file.flush()
-                _save(last, net, optimizer, scheduler, state, cfg)
-            if state["step"] >= cfg.steps:
+            done = state["step"] >= cfg.steps or out_of_time
+            if is_main:
+                log.writerow([state["step"], f"{value:.5f}", f"{scheduler.get_last_lr()[0]:.3e}", state["tables_seen"],
+                              f"{state['wall_time_s']:.1f}", X.shape[1], X.shape[2]])
+                bar.update(1)
+                bar.set_postfix(loss=f"{ema_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
+                if now - t_progress >= 60 or done:  # plain lines for logs of non-interactive (GPU, batch) jobs
+                    t_progress = now
+                    logger.info(
+                        "step %d/%d loss %.4f (ema %.4f) lr %.2e tables %d elapsed %.1f min", state["step"],
+                        cfg.steps, value, ema_loss, scheduler.get_last_lr()[0], state["tables_seen"],
+                        (now - started) / 60,
+                    )
+                if state["step"] % cfg.checkpoint_every == 0 or done:
+                    log_file.flush()
+                    _save(last, net, optimizer, scheduler, state, cfg)
+                if cfg.eval_every and (state["step"] % cfg.eval_every == 0 or done):
+                    from autogluon_tfm.pretrain.evaluate import append_eval_csv, format_eval_table
+
+                    rows = evaluator(net, state["step"])
+                    append_eval_csv(eval_path, rows)
+                    tqdm.write(format_eval_table(rows))
+                    t_last = time.time()  # evaluation time is not training time
+            if out_of_time and is_main:
+                logger.info("max_minutes=%s reached at step %d: checkpoint saved, stopping", cfg.max_minutes,
+                            state["step"])
+            if done:
                 break
     finally:
         bar.close()
-        log_file.close()
-    return last
+        if log_file is not None:
+            log_file.close()
+    return _finish(last, net, distributed, created_group)
+
+
+def _finish(last: Path, net: torch.nn.Module, distributed: bool, created_group: bool) -> tuple[Path, torch.nn.Module]:
+    if distributed:
+        import torch.distributed as dist
+
+        dist.barrier()  # the other ranks return only once rank 0 has written the checkpoint
+        if created_group:
+            dist.destroy_process_group()
+    return last, net
 
 
 def _save(path: Path, net, optimizer, scheduler, progress: dict, cfg: PretrainConfig) -> None:

@@ -1,4 +1,5 @@
-"""Synthetic tabular dataset priors for pretraining (TabICL-style MLP-SCM + XGBoost tree-SCM mixture).
+"""Synthetic tabular dataset priors for pretraining: TabICL-style MLP-SCM + XGBoost tree-SCM mixtures and
+Mitra-style tree-based priors (DT / ET / RF / GB fitted to random targets, directly sampled random forests).
 
 Main entry points::
 
@@ -12,17 +13,21 @@ Priors know nothing about networks.
 """
 
 from autogluon_tfm.prior.activations import ACTIVATION_NAMES, LayerActivation, RandomFourierFunction
-from autogluon_tfm.prior.config import PRIOR_CONFIGS, PriorConfig, get_prior_config
+from autogluon_tfm.prior.config import MITRA_TREE_FAMILIES, NAN_MODES, PRIOR_CONFIGS, PriorConfig, get_prior_config
 from autogluon_tfm.prior.dataset import Curriculum, PriorIterableDataset, collate, max_features_for_rows
+from autogluon_tfm.prior.mitra_trees import generate_mitra_tree_table
 from autogluon_tfm.prior.mlp_scm import MLPSCM, generate_mlp_scm_table
 from autogluon_tfm.prior.random_utils import PriorRandom
-from autogluon_tfm.prior.sampler import MLP_SCM, TREE_SCM, PriorBatch, PriorSampler
+from autogluon_tfm.prior.sampler import KINDS, MLP_SCM, TREE_SCM, PriorBatch, PriorSampler
 from autogluon_tfm.prior.tree_scm import generate_tree_scm_table
 
 __all__ = [
     "ACTIVATION_NAMES",
+    "KINDS",
+    "MITRA_TREE_FAMILIES",
     "MLPSCM",
     "MLP_SCM",
+    "NAN_MODES",
     "PRIOR_CONFIGS",
     "TREE_SCM",
     "Curriculum",
@@ -34,6 +39,7 @@ __all__ = [
     "PriorSampler",
     "RandomFourierFunction",
     "collate",
+    "generate_mitra_tree_table",
     "generate_mlp_scm_table",
     "generate_tree_scm_table",
     "get_prior_config",

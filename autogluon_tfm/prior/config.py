@@ -10,6 +10,12 @@ from autogluon_tfm.prior.causes import CAUSE_SAMPLINGS
 
 TASKS: tuple[str, ...] = ("classification", "regression")
 CLASS_ASSIGNMENTS: tuple[str, ...] = ("rank", "value")
+# Mitra's tree-based priors (prior/mitra_trees.py): decision tree, extra trees, random forest, gradient boosting,
+# directly sampled random forest. The names double as the generator kind reported in PriorBatch.kinds.
+MITRA_TREE_FAMILIES: tuple[str, ...] = ("mitra_dt", "mitra_et", "mitra_rf", "mitra_gb", "mitra_dsrf")
+# "cells": every cell missing with one rate (MCAR); "mixed": per table one of MCAR cells, MCAR on a random subset of
+# columns (each its own rate), or missing-not-at-random (a column's large values go missing more often).
+NAN_MODES: tuple[str, ...] = ("cells", "mixed")
 
 
 @dataclass(frozen=True)
@@ -74,9 +80,29 @@ class PriorConfig:
     classes_in_test: bool = True
     # Probability of keeping the natural (ordinal) order of classes instead of a random permutation.
     ordered_classes_prob: float = 0.0
-    # Missing values: OFF by default because the pretraining networks do not take NaN inputs.
+    # Missing values: OFF by default. Of the networks only TabPFN v2 reads NaN (as an indicator embedding); TabICL
+    # turns NaN into NaN outputs and Mitra's quantile embedding needs imputed input, so pretrain() refuses NaN priors
+    # for them. max_nan_fraction bounds the expected share of missing cells of a table.
     nan_prob: float = 0.0
     max_nan_fraction: float = 0.3
+    nan_mode: str = "cells"
+
+    # ---- class imbalance: with imbalance_prob, class boundaries sit at target quantiles whose spacings follow a
+    # Dirichlet(alpha) with alpha log-uniform in imbalance_concentration (alpha < 1: a few large classes and small
+    # ones). Otherwise boundaries follow class_assignments (rank: Dirichlet(1) spacings; value: N(0, 1) cut points).
+    imbalance_prob: float = 0.0
+    imbalance_concentration: tuple[float, float] = (0.1, 1.0)
+
+    # ---- Mitra tree-based priors: a table comes from them with p_mitra_tree (a family drawn uniformly from
+    # mitra_tree_families), otherwise from the XGBoost tree SCM with p_tree, otherwise from the MLP SCM.
+    # p_mitra_tree = 0 draws nothing extra, so the older named configs replay exactly the same tables.
+    p_mitra_tree: float = 0.0
+    mitra_tree_families: tuple[str, ...] = MITRA_TREE_FAMILIES
+    mitra_tree_max_depth: int = 8
+    # Trees of ET / RF / DSRF (2..this); gradient boosting draws up to 3x as many rounds.
+    mitra_tree_max_estimators: int = 16
+    # Trees are fitted on at most this many random rows (the targets are noise) and predict on all rows.
+    mitra_tree_fit_rows: int = 512
 
     # ---- learnability filter (classification): keep a table only if extra-trees beat the majority class on its
     # test part by at least `min_learnability_gain`; unlearnable tables are still kept with `keep_unlearnable_prob`.
@@ -125,6 +151,8 @@ class PriorConfig:
             "categorical_prob",
             "ordered_classes_prob",
             "nan_prob",
+            "imbalance_prob",
+            "p_mitra_tree",
         ):
             value = getattr(self, field_name)
             if not 0.0 <= value <= 1.0:
@@ -135,6 +163,15 @@ class PriorConfig:
             raise ValueError("max_categories >= 2, n_frequencies >= 1 and max_attempts >= 1 required")
         if self.outlier_threshold <= 0 or self.feature_clip <= 0:
             raise ValueError("outlier_threshold and feature_clip must be > 0")
+        if self.nan_mode not in NAN_MODES:
+            raise ValueError(f"nan_mode must be one of {NAN_MODES}, got {self.nan_mode!r}")
+        low, high = self.imbalance_concentration
+        if not 0.0 < low <= high:
+            raise ValueError(f"imbalance_concentration must satisfy 0 < low <= high, got {(low, high)}")
+        if not self.mitra_tree_families or any(f not in MITRA_TREE_FAMILIES for f in self.mitra_tree_families):
+            raise ValueError(f"mitra_tree_families must be a non-empty subset of {MITRA_TREE_FAMILIES}")
+        if self.mitra_tree_max_depth < 1 or self.mitra_tree_max_estimators < 2 or self.mitra_tree_fit_rows < 2:
+            raise ValueError("mitra_tree_max_depth >= 1, mitra_tree_max_estimators >= 2, mitra_tree_fit_rows >= 2 required")
 
     def replace(self, **changes: Any) -> PriorConfig:
         """A copy with some fields changed (validated again)."""
@@ -150,6 +187,24 @@ PRIOR_CONFIGS: dict[str, PriorConfig] = {
     # Mitra (seed 002) mixes SCM and tree-based priors 50/50.
     "mitra_mix_learnable": PriorConfig(name="mitra_mix_learnable", p_tree=0.5, min_learnability_gain=0.05),
     "mitra_mix_regression": PriorConfig(name="mitra_mix_regression", p_tree=0.5, task="regression"),
+    # Mitra's own mixture: 50 % MLP SCM, 50 % split evenly among its five tree-based priors (DT, ET, RF, GB, DSRF),
+    # with explicit class imbalance for a fifth of the classification tables.
+    "mitra_trees_mix": PriorConfig(name="mitra_trees_mix", p_tree=0.0, p_mitra_tree=0.5, imbalance_prob=0.2),
+    "mitra_trees_mix_learnable": PriorConfig(
+        name="mitra_trees_mix_learnable", p_tree=0.0, p_mitra_tree=0.5, imbalance_prob=0.2, min_learnability_gain=0.05
+    ),
+    "mitra_trees_mix_regression": PriorConfig(
+        name="mitra_trees_mix_regression", p_tree=0.0, p_mitra_tree=0.5, task="regression"
+    ),
+    "mitra_trees_only": PriorConfig(name="mitra_trees_only", p_tree=0.0, p_mitra_tree=1.0),
+    # With missing values (half of the tables, up to 30 % of cells, mixed patterns): for networks that read NaN
+    # (TabPFN v2); pretrain() refuses them for the others.
+    "tabicl_mix_learnable_nan": PriorConfig(
+        name="tabicl_mix_learnable_nan", p_tree=0.3, min_learnability_gain=0.05, nan_prob=0.5, nan_mode="mixed"
+    ),
+    "tabicl_mix_regression_nan": PriorConfig(
+        name="tabicl_mix_regression_nan", p_tree=0.3, task="regression", nan_prob=0.5, nan_mode="mixed"
+    ),
 }
 
 

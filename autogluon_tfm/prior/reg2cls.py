@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from autogluon_tfm.prior.config import PriorConfig
@@ -116,10 +117,28 @@ def convert_random_columns_to_categorical(x: torch.Tensor, rng: PriorRandom, con
     return x
 
 
+def imbalanced_bins(values: torch.Tensor, n_bins: int, rng: PriorRandom, config: PriorConfig) -> torch.Tensor:
+    """Cut a 1-D tensor into ``n_bins`` ordered bins whose shares are Dirichlet(alpha) draws, alpha log-uniform in
+    ``config.imbalance_concentration``; every share is floored at 2 rows so that small classes can still be split
+    between the train and test parts (ties in ``values`` may still merge bins)."""
+    alpha = rng.log_uniform(*config.imbalance_concentration)
+    shares = rng.np.dirichlet(np.full(n_bins, alpha))
+    floor = 2.0 / values.shape[0]
+    if n_bins * floor < 1.0:
+        shares = shares * (1.0 - n_bins * floor) + floor
+    cut_points = torch.from_numpy(np.cumsum(shares)[:-1]).clamp(0.0, 1.0).to(values.dtype)
+    boundaries = torch.quantile(values, cut_points)
+    return (values[:, None] > boundaries[None, :]).sum(1)
+
+
 def assign_classes(y: torch.Tensor, n_classes: int, rng: PriorRandom, config: PriorConfig) -> tuple[torch.Tensor, int]:
     """Turn a standardized continuous target into class ids ``0..k-1`` (``k <= n_classes``: empty bins vanish)."""
-    mode = config.class_assignments[rng.integer(0, len(config.class_assignments) - 1)]
-    codes, n_present = dense_codes(discretize(y, n_classes, mode, rng))
+    # imbalance_prob == 0 (every older config) draws nothing here, so their tables stay exactly the same.
+    if config.imbalance_prob > 0 and rng.bernoulli(config.imbalance_prob):
+        codes, n_present = dense_codes(imbalanced_bins(y, n_classes, rng, config))
+    else:
+        mode = config.class_assignments[rng.integer(0, len(config.class_assignments) - 1)]
+        codes, n_present = dense_codes(discretize(y, n_classes, mode, rng))
     return shuffle_codes(codes, n_present, rng, config.ordered_classes_prob), n_present
 
 
@@ -177,11 +196,36 @@ def order_rows_for_split(
 
 
 def inject_missing_values(x: torch.Tensor, rng: PriorRandom, config: PriorConfig) -> torch.Tensor:
-    """With probability ``nan_prob``, set a random fraction (U[0, max_nan_fraction]) of cells to NaN (MCAR)."""
+    """With probability ``nan_prob``, set cells of ``x (T, d)`` to NaN; the expected share of missing cells is at
+    most ``fraction ~ U[0, max_nan_fraction]``.
+
+    ``nan_mode="cells"``: every cell with probability ``fraction`` (MCAR). ``"mixed"``: one pattern per table:
+    MCAR cells; MCAR in a random subset of the columns, each with its own rate; or missing-not-at-random, where a
+    column's values above (or below) its median go missing (real data loses large incomes, rare measurements...).
+    """
     if not rng.bernoulli(config.nan_prob):
         return x
     fraction = rng.uniform(0.0, config.max_nan_fraction)
-    return x.masked_fill(rng.rand(*x.shape) < fraction, float("nan"))
+    if config.nan_mode == "cells":
+        return x.masked_fill(rng.rand(*x.shape) < fraction, float("nan"))
+    n_rows, n_columns = x.shape
+    pattern = rng.integer(0, 2)
+    if pattern == 0:
+        probability = torch.full((1, n_columns), fraction)
+    elif pattern == 1:
+        chosen = rng.rand(n_columns) < rng.uniform(0.1, 1.0)
+        if not bool(chosen.any()):
+            chosen[rng.integer(0, n_columns - 1)] = True
+        # Rates scaled so that the table's overall share stays <= fraction, capped so no column is always missing.
+        rates = fraction * n_columns / int(chosen.sum()) * (0.5 + 0.5 * rng.rand(n_columns))
+        probability = (rates * chosen).clamp(max=0.9)[None, :]
+    else:
+        high_side = rng.rand(n_columns) < 0.5
+        above = x > x.median(dim=0, keepdim=True).values
+        side = torch.where(high_side[None, :], above, ~above)
+        # About half the rows are on the missing side, at twice the rate: an expected share of ~fraction.
+        probability = side * (2.0 * fraction * (0.5 + 0.5 * rng.rand(1, n_columns)))
+    return x.masked_fill(rng.rand(n_rows, n_columns) < probability, float("nan"))
 
 
 def postprocess_table(

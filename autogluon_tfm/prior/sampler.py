@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
-from autogluon_tfm.prior.config import PriorConfig, get_prior_config
+from autogluon_tfm.prior.config import MITRA_TREE_FAMILIES, PriorConfig, get_prior_config
 from autogluon_tfm.prior.filters import learnability_gain
+from autogluon_tfm.prior.mitra_trees import generate_mitra_tree_table
 from autogluon_tfm.prior.mlp_scm import generate_mlp_scm_table
 from autogluon_tfm.prior.random_utils import PriorRandom
 from autogluon_tfm.prior.reg2cls import ProcessedTable, postprocess_table
@@ -15,6 +16,8 @@ from autogluon_tfm.prior.tree_scm import generate_tree_scm_table
 
 MLP_SCM = "mlp_scm"
 TREE_SCM = "tree_scm"
+# Every generator kind a table can come from (MITRA_TREE_FAMILIES: mitra_dt, mitra_et, mitra_rf, mitra_gb, mitra_dsrf).
+KINDS: tuple[str, ...] = (MLP_SCM, TREE_SCM, *MITRA_TREE_FAMILIES)
 
 
 @dataclass
@@ -32,7 +35,7 @@ class PriorBatch:
     n_train: int
     d: torch.Tensor
     n_classes: torch.Tensor
-    kinds: tuple[str, ...] = ()  # which generator produced each table (MLP_SCM / TREE_SCM), for logging
+    kinds: tuple[str, ...] = ()  # which generator produced each table (one of KINDS), for logging
 
     @property
     def batch_size(self) -> int:
@@ -94,13 +97,27 @@ class PriorSampler:
             return self.rng.integer(2, config.max_classes)
         return 2
 
+    def sample_kind(self) -> str:
+        """Mitra tree family with ``p_mitra_tree`` (uniform over ``mitra_tree_families``), else the XGBoost tree SCM
+        with ``p_tree``, else the MLP SCM."""
+        config = self.config
+        # p_mitra_tree == 0 (every older config) draws nothing extra, so their table sequence is unchanged.
+        if config.p_mitra_tree > 0 and self.rng.bernoulli(config.p_mitra_tree):
+            families = config.mitra_tree_families
+            return families[self.rng.integer(0, len(families) - 1)]
+        return TREE_SCM if self.rng.bernoulli(config.p_tree) else MLP_SCM
+
     def sample_table(self, kind: str, n_rows: int, n_train: int, n_features: int, n_classes: int) -> ProcessedTable:
         """One post-processed table from generator ``kind``; SCMs are redrawn until the table is usable."""
-        if kind not in (MLP_SCM, TREE_SCM):
-            raise ValueError(f"kind must be {MLP_SCM!r} or {TREE_SCM!r}, got {kind!r}")
-        generate = generate_tree_scm_table if kind == TREE_SCM else generate_mlp_scm_table
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         for _ in range(self.config.max_attempts):
-            X, y = generate(self.rng, n_rows, n_features, self.config)
+            if kind == TREE_SCM:
+                X, y = generate_tree_scm_table(self.rng, n_rows, n_features, self.config)
+            elif kind == MLP_SCM:
+                X, y = generate_mlp_scm_table(self.rng, n_rows, n_features, self.config)
+            else:
+                X, y = generate_mitra_tree_table(self.rng, n_rows, n_features, self.config, kind)
             table = postprocess_table(X, y, n_train, n_classes, self.rng, self.config)
             if table is not None and self._learnable(table, n_train):
                 return table
@@ -150,7 +167,7 @@ class PriorSampler:
         tables: list[ProcessedTable] = []
         kinds: list[str] = []
         for _ in range(batch_size):
-            kind = TREE_SCM if self.rng.bernoulli(config.p_tree) else MLP_SCM
+            kind = self.sample_kind()
             table_features = n_features or self.rng.integer(min(config.min_features, max_features), max_features)
             table_classes = self.sample_n_classes()
             if table_classes:

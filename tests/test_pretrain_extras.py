@@ -1,0 +1,166 @@
+"""Pretraining extras: size curriculum, wall-clock budget, periodic evaluation, loss plots, and resuming checkpoints
+written before these options existed."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from autogluon_tfm.__main__ import main
+from autogluon_tfm.checkpoints import load_network
+from autogluon_tfm.pretrain.evaluate import PretrainEvaluator, benchmark_loader, format_eval_table
+from autogluon_tfm.pretrain.plots import plot_loss, smooth
+from autogluon_tfm.pretrain.trainer import PretrainConfig, PriorStream, pretrain, size_limits
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def tiny(tmp_path: Path, name: str = "run", **changes) -> PretrainConfig:
+    settings = dict(arch="tabicl", model="tabicl-tiny", prior="tabicl_mix", steps=3, batch_size=2, min_rows=24,
+                    max_rows=40, max_features=4, num_workers=0, threads=1, checkpoint_every=1,
+                    out=str(tmp_path / name))
+    settings.update(changes)
+    return PretrainConfig(**settings)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_curriculum_limits_grow_and_default_is_off(tmp_path):
+    off = tiny(tmp_path, min_rows=64, max_rows=4096, max_features=50)
+    assert size_limits(off, 0) == size_limits(off, 10**6) == (4096, 50)
+    on = tiny(tmp_path, min_rows=64, max_rows=4096, max_features=50, curriculum_steps=100,
+              curriculum_start_rows=256, curriculum_start_features=10)
+    limits = [size_limits(on, step) for step in (0, 25, 50, 100, 500)]
+    assert limits[0] == (256, 10) and limits[2] == (1024, 30)  # log-linear in rows, linear in features
+    assert limits[-2] == limits[-1] == (4096, 50)
+    assert all(a[0] <= b[0] and a[1] <= b[1] for a, b in itertools.pairwise(limits))
+
+
+def test_curriculum_bounds_the_drawn_tables(tmp_path):
+    cfg = tiny(tmp_path, min_rows=24, max_rows=400, max_features=6, curriculum_steps=6, curriculum_start_rows=30,
+               curriculum_start_features=2)
+    for step, batch in enumerate(itertools.islice(iter(PriorStream(cfg, 0)), 8)):
+        max_rows, max_features = size_limits(cfg, step)
+        assert cfg.min_rows <= batch.n_rows <= max_rows and batch.X.shape[2] <= max_features
+    assert size_limits(cfg, 0) == (30, 2)
+    # A resumed stream follows the schedule from its own step.
+    late = next(iter(PriorStream(cfg, 1000)))
+    assert late.n_rows <= 400
+
+
+def test_ranks_draw_different_tables_and_single_process_seeds_are_unchanged(tmp_path):
+    cfg = tiny(tmp_path)
+    default = next(iter(PriorStream(cfg, 0)))
+    rank0 = next(iter(PriorStream(cfg, 0, rank=0, world_size=1)))
+    assert torch.equal(default.X, rank0.X)
+    first, second = (next(iter(PriorStream(cfg, 0, rank=r, world_size=2))) for r in (0, 1))
+    assert first.X.shape != second.X.shape or not torch.equal(first.X, second.X)
+
+
+def test_max_minutes_saves_and_stops_then_resumes(tmp_path):
+    cfg = tiny(tmp_path, steps=10_000, checkpoint_every=10_000, max_minutes=0.001)  # 60 ms: a step or a few
+    last = pretrain(cfg)
+    step = torch.load(last, map_location="cpu", weights_only=True)["progress"]["step"]
+    assert 1 <= step < 10_000
+    assert [int(row["step"]) for row in read_csv(tmp_path / "run" / "log.csv")] == list(range(1, step + 1))
+    resumed = pretrain(tiny(tmp_path, steps=step + 2))
+    assert torch.load(resumed, map_location="cpu", weights_only=True)["progress"]["step"] == step + 2
+
+
+def test_eval_every_with_a_custom_evaluator(tmp_path):
+    calls = []
+
+    def evaluator(net, step):
+        calls.append((step, net.training))
+        return [{"step": step, "dataset": "toy", "metric": "score", "value": float(step)}]
+
+    pretrain(tiny(tmp_path, steps=5, eval_every=2), evaluator=evaluator)
+    assert calls == [(2, True), (4, True), (5, True)]  # every 2 steps and at the end; training mode untouched
+    rows = read_csv(tmp_path / "run" / "eval.csv")
+    assert [(r["step"], r["dataset"], r["metric"]) for r in rows] == [
+        ("2", "toy", "score"), ("4", "toy", "score"), ("5", "toy", "score")]
+
+
+def test_default_evaluator_on_synthetic_and_real_tables(tmp_path, capsys):
+    pretrain(tiny(tmp_path, steps=2, eval_every=2, eval_datasets=("iris",), eval_synthetic=4, eval_max_train=60,
+                  eval_max_test=40))
+    rows = read_csv(tmp_path / "run" / "eval.csv")
+    metrics = {(r["dataset"], r["metric"]): float(r["value"]) for r in rows}
+    assert set(metrics) == {("synthetic", "loss"), ("synthetic", "accuracy"), ("iris", "accuracy"),
+                            ("iris", "log_loss")}
+    assert 0.0 <= metrics[("iris", "accuracy")] <= 1.0 and math.isfinite(metrics[("synthetic", "loss")])
+    captured = capsys.readouterr()
+    assert "eval @ step 2" in captured.out + captured.err  # the table is printed
+
+
+def test_evaluator_regression_and_table_format():
+    from autogluon_tfm.pretrain.trainer import build_network
+
+    net = build_network(PretrainConfig(arch="tabicl", model="tabicl-tiny", task="regression"))
+    evaluator = PretrainEvaluator("tabicl", "regression", "tabicl_mix_regression", datasets=("diabetes",),
+                                  synthetic_tables=2, synthetic_rows=48, synthetic_features=3, max_train=80,
+                                  max_test=40)
+    rows = evaluator(net, 7)
+    assert {(r["dataset"], r["metric"]) for r in rows} == {("synthetic", "loss"), ("diabetes", "r2"),
+                                                           ("diabetes", "rmse")}
+    table = format_eval_table(rows)
+    assert table.splitlines()[0] == "eval @ step 7" and "diabetes" in table and "rmse" in table
+
+
+def test_benchmark_loader_error_is_clear(monkeypatch):
+    monkeypatch.setitem(sys.modules, "benchmarks.datasets", None)  # as if the repository's benchmarks were absent
+    with pytest.raises(ImportError, match="--eval-datasets none"):
+        benchmark_loader("iris")
+
+
+def test_plot_loss_writes_png_with_eval_panels(tmp_path):
+    pretrain(tiny(tmp_path, steps=4, eval_every=2),
+             evaluator=lambda net, step: [{"step": step, "dataset": "toy", "metric": "acc", "value": 0.5}])
+    path = plot_loss(tmp_path / "run")
+    assert path == tmp_path / "run" / "loss.png" and path.read_bytes()[:8] == PNG_MAGIC
+    with pytest.raises(FileNotFoundError):
+        plot_loss(tmp_path / "missing")
+    assert smooth(torch.tensor([1.0, 3.0, 5.0]).numpy(), 2).tolist() == [1.0, 2.0, 4.0]
+
+
+def test_cli_options_and_plot_loss(tmp_path, capsys):
+    """The CLI in-process (``main(argv)`` is what ``python -m autogluon_tfm`` runs; tests/test_cli.py covers the
+    subprocess path)."""
+    out = tmp_path / "cli"
+    args = ["--model", "tabicl-tiny", "--num-workers", "0", "--batch-size", "2", "--min-rows", "24", "--max-rows",
+            "64", "--max-features", "4", "--steps", "3", "--curriculum", "2", "--curriculum-start-rows", "30",
+            "--max-minutes", "5", "--eval-every", "3", "--eval-datasets", "none", "--eval-synthetic", "2"]
+    main(["pretrain", *args, "--out", str(out)])
+    config = json.loads((out / "pretrain_config.json").read_text())
+    assert config["curriculum_steps"] == 2 and config["max_minutes"] == 5 and config["eval_datasets"] == []
+    assert {r["dataset"] for r in read_csv(out / "eval.csv")} == {"synthetic"}
+    main(["plot-loss", str(out)])
+    assert (out / "loss.png").read_bytes()[:8] == PNG_MAGIC
+    assert "loss.png" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="do not read NaN"):  # a configuration mistake is one line, no traceback
+        main(["pretrain", *args, "--prior", "tabicl_mix_learnable_nan", "--out", str(tmp_path / "bad")])
+
+
+def test_checkpoint_without_the_new_fields_resumes_and_loads(tmp_path):
+    """Runs started before curriculum / DDP / eval existed have pretrain_config dicts without those fields."""
+    last = pretrain(tiny(tmp_path, steps=2))
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    new_fields = ("curriculum_steps", "curriculum_start_rows", "curriculum_start_features", "max_minutes",
+                  "eval_every", "eval_datasets", "eval_synthetic", "eval_max_train", "eval_max_test")
+    for name in new_fields:
+        del ckpt["pretrain_config"][name]
+    torch.save(ckpt, last)
+    assert load_network(last).arch == "tabicl"
+    resumed = pretrain(tiny(tmp_path, steps=3))
+    assert torch.load(resumed, map_location="cpu", weights_only=True)["progress"]["step"] == 3
+    assert load_network(resumed).arch == "tabicl"
