@@ -123,6 +123,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eval-synthetic", dest="eval_synthetic", type=int, default=None, help="held-out synthetic tables")
     p.add_argument("--eval-max-train", dest="eval_max_train", type=int, default=None)
     p.add_argument("--eval-max-test", dest="eval_max_test", type=int, default=None)
+    p.add_argument(
+        "--init-from", dest="init_from", default=None, metavar="CHECKPOINT",
+        help="warm start a new run from these weights (a shipped name such as tabicl-clf-small, or a checkpoint "
+        "path); ignored when <out>/last.ckpt exists",
+    )
     p.set_defaults(func=_pretrain)
 
     pl = sub.add_parser("plot-loss", help="plot <run>/log.csv (and eval.csv) into <run>/loss.png")

@@ -164,3 +164,17 @@ def test_checkpoint_without_the_new_fields_resumes_and_loads(tmp_path):
     resumed = pretrain(tiny(tmp_path, steps=3))
     assert torch.load(resumed, map_location="cpu", weights_only=True)["progress"]["step"] == 3
     assert load_network(resumed).arch == "tabicl"
+
+
+def test_init_from_warm_starts_a_new_run_and_refuses_a_mismatched_network(tmp_path):
+    source = pretrain(tiny(tmp_path, "source", steps=2))
+    source_state = load_network(str(source)).state_dict()
+    cold_state = load_network(str(pretrain(tiny(tmp_path, "cold", steps=1, seed=5)))).state_dict()
+    trained = load_network(str(pretrain(tiny(tmp_path, "warm", steps=1, init_from=str(source))))).state_dict()
+    # One step from the source stays near it; a cold start is far from it.
+    distance = lambda state: sum((state[k] - source_state[k]).abs().sum().item() for k in source_state)  # noqa: E731
+    assert distance(trained) < 0.1 * distance(cold_state)
+    with pytest.raises(ValueError, match="does not fit this run's network"):
+        pretrain(tiny(tmp_path, "bad", model="tabpfnv2-tiny", arch="tabpfn_v2", init_from=str(source)))
+    with pytest.raises(ValueError, match="could not be loaded"):
+        pretrain(tiny(tmp_path, "missing", init_from=str(tmp_path / "nope.ckpt")))

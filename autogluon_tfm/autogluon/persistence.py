@@ -85,12 +85,11 @@ def fingerprint(path: Path) -> tuple[str, int]:
     """(sha256, size in bytes) of a checkpoint file or directory."""
     path = Path(path)
     if path.is_file():
-        return _sha256_file(path), path.stat().st_size
-    digest, size = hashlib.sha256(), 0
+        return _sha256_file(path), _size(path)
+    digest = hashlib.sha256()
     for file in _files(path):
         digest.update(file.relative_to(path).as_posix().encode() + b"\0" + _sha256_file(file).encode())
-        size += file.stat().st_size
-    return digest.hexdigest(), size
+    return digest.hexdigest(), _size(path)
 
 
 def _size(path: Path) -> int:

@@ -448,15 +448,12 @@ class InContextEstimator(BaseEstimator):
         cache_key: Any,
     ) -> np.ndarray:
         """:meth:`_forward` for a network with a train cache (same arguments): training rows once, then test chunks."""
-        n_members, n_train, n_features = X_train_batch.shape
+        n_members, _, n_features = X_train_batch.shape
         outputs = []
         with torch.no_grad(), self._autocast():
 
             def build():
-                train = torch.from_numpy(np.ascontiguousarray(X_train_batch, dtype=np.float32)).to(self.device_)
-                labels = torch.from_numpy(np.ascontiguousarray(y_batch, dtype=np.float32)).to(self.device_)
-                chunks = self._chunks(network, n_members, n_train, n_features)
-                return network.build_train_cache(train, labels, **chunks)
+                return self._build_train_cache(network, X_train_batch, y_batch, with_icl=True)
 
             cache = build() if cache_key is None else self._train_cache(network, ("flat", cache_key), build)
             step = self._test_chunk_rows(network, n_members, n_features)
@@ -468,6 +465,16 @@ class InContextEstimator(BaseEstimator):
                 outputs.append(output if reduce is None else reduce(output))
         progress.update(-(-len(X_test) // self.max_test_rows_per_forward))  # the units the caller counted
         return np.concatenate(outputs, axis=1)
+
+    def _build_train_cache(
+        self, network: torch.nn.Module, X_train_batch: np.ndarray, y_batch: np.ndarray, with_icl: bool
+    ) -> Any:
+        """``network.build_train_cache`` on ``(members, n_train, H)`` training rows, chunked by the memory plan."""
+        n_members, n_train, n_features = X_train_batch.shape
+        train = torch.from_numpy(np.ascontiguousarray(X_train_batch, dtype=np.float32)).to(self.device_)
+        labels = torch.from_numpy(np.ascontiguousarray(y_batch, dtype=np.float32)).to(self.device_)
+        chunks = self._chunks(network, n_members, n_train, n_features)
+        return network.build_train_cache(train, labels, with_icl=with_icl, **chunks)
 
     def _encode_cached(
         self,
@@ -482,14 +489,11 @@ class InContextEstimator(BaseEstimator):
 
         For hierarchical classification: the column and row stages run once per member, every tree node reuses them.
         """
-        n_train, n_features = X_train_member.shape
+        n_features = X_train_member.shape[1]
         with torch.no_grad(), self._autocast():
 
             def build():
-                train = torch.from_numpy(np.ascontiguousarray(X_train_member[None], dtype=np.float32)).to(self.device_)
-                labels = torch.from_numpy(np.ascontiguousarray(y_member[None], dtype=np.float32)).to(self.device_)
-                chunks = self._chunks(network, 1, n_train, n_features)
-                return network.build_train_cache(train, labels, with_icl=False, **chunks)
+                return self._build_train_cache(network, X_train_member[None], y_member[None], with_icl=False)
 
             cache = self._train_cache(network, ("rows", cache_key), build)
             step = self._test_chunk_rows(network, 1, n_features)

@@ -241,11 +241,17 @@ class InducedSetAttentionBlock(nn.Module):
         self.ind_vectors = nn.Parameter(torch.empty(num_inds, dim))
         nn.init.trunc_normal_(self.ind_vectors, std=0.02)
 
+    def summarize(self, x_train: Tensor) -> Tensor:
+        """Training rows (..., n, dim) -> the inducing points' summary (..., num_inds, dim)."""
+        return self.multihead_attn1(self.ind_vectors, key_value=x_train)
+
+    def read(self, x: Tensor, summary: Tensor) -> Tensor:
+        """Every row of ``x`` (..., T, dim) reads ``summary``."""
+        return self.multihead_attn2(x, key_value=summary)
+
     def forward(self, x: Tensor, n_train: int) -> Tensor:
         """``x`` (..., T, dim); inducing points attend to the first ``n_train`` rows only."""
-        inducing = self.ind_vectors
-        summary = self.multihead_attn1(inducing, key_value=x[..., :n_train, :])
-        return self.multihead_attn2(x, key_value=summary)
+        return self.read(x, self.summarize(x[..., :n_train, :]))
 
 
 class OneHotLinear(nn.Linear):

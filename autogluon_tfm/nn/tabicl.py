@@ -31,6 +31,16 @@ def _blocks(n: int, dim: int, heads: int, ff_dim: int, **kwargs) -> nn.ModuleLis
     return nn.ModuleList(AttentionBlock(dim, heads, ff_dim, **kwargs) for _ in range(n))
 
 
+def embed_labels(encoder: nn.Module, max_classes: int, y_train: Tensor) -> Tensor:
+    """Class ids through ``OneHotLinear`` (``max_classes > 0``) or scalar targets through ``Linear(1, dim)``."""
+    return encoder(y_train) if max_classes > 0 else encoder(y_train.unsqueeze(-1))
+
+
+def _mean(passes: list[Tensor]) -> Tensor:
+    """Average of the label passes of the column embedding (the one pass itself when there is only one)."""
+    return passes[0] if len(passes) == 1 else sum(passes) / len(passes)
+
+
 class _Stack(nn.Module):
     """Holds ``blocks`` (and an optional ``rope``) so state-dict names match the official ``tf_row``/``tf_icl``."""
 
@@ -96,7 +106,7 @@ class ColEmbedding(nn.Module):
         return X.unflatten(-1, (-1, size))
 
     def embed_target(self, y_train: Tensor) -> Tensor:
-        return self.y_encoder(y_train) if self.max_classes > 0 else self.y_encoder(y_train.unsqueeze(-1))
+        return embed_labels(self.y_encoder, self.max_classes, y_train)
 
     def target_embeddings(self, y_train: Tensor) -> list[Tensor | None]:
         """Label embeddings of the training cells, one per set-transformer pass: ``[None]`` if not target-aware.
@@ -141,7 +151,7 @@ class ColEmbedding(nn.Module):
 
         def embed(idx: Tensor) -> Tensor:
             passes = [self._embed_columns(cells[idx], None if y is None else y[idx], n_train, recompute) for y in y_embs]
-            src = passes[0] if len(passes) == 1 else sum(passes) / len(passes)
+            src = _mean(passes)
             return self._affine(cells[idx], src)
 
         all_idx = torch.arange(B * G, device=X.device)
@@ -170,11 +180,11 @@ class ColEmbedding(nn.Module):
                 if y_emb is not None:
                     src = src + y_emb[idx]
                 for b, block in enumerate(self.tf_col.blocks):
-                    summary = block.multihead_attn1(block.ind_vectors, key_value=src)  # all rows are training rows
+                    summary = block.summarize(src)  # all rows are training rows
                     summaries[k][b].append(summary)
-                    src = block.multihead_attn2(src, key_value=summary)
+                    src = block.read(src, summary)
                 passes.append(src)
-            src = self._affine(cells[idx], passes[0] if len(passes) == 1 else sum(passes) / len(passes))
+            src = self._affine(cells[idx], _mean(passes))
             if outputs is None:
                 outputs = src.new_empty(B * G, n, src.shape[-1])
             outputs[idx] = src
@@ -192,9 +202,9 @@ class ColEmbedding(nn.Module):
             for per_pass in summaries:
                 src = self.in_linear(cells[idx])
                 for block, summary in zip(self.tf_col.blocks, per_pass):
-                    src = block.multihead_attn2(src, key_value=summary[idx])
+                    src = block.read(src, summary[idx])
                 passes.append(src)
-            src = passes[0] if len(passes) == 1 else sum(passes) / len(passes)
+            src = _mean(passes)
             return self._affine(cells[idx], src)
 
         out = run_in_chunks(embed, torch.arange(B * G, device=X.device), col_chunk)
@@ -299,7 +309,7 @@ class ICLearning(nn.Module):
         self.decoder = mlp(dim, 2 * dim, out_dim)
 
     def embed_labels(self, y_train: Tensor) -> Tensor:
-        return self.y_encoder(y_train) if self.max_classes > 0 else self.y_encoder(y_train.unsqueeze(-1))
+        return embed_labels(self.y_encoder, self.max_classes, y_train)
 
     def _head(self, x: Tensor) -> Tensor:
         if self.norm_first:

@@ -101,6 +101,10 @@ class PretrainConfig:
     eval_synthetic: int = 16
     eval_max_train: int = 512
     eval_max_test: int = 512
+    # Warm start (a fresh run only): weights from a shipped name or a checkpoint path that ``load_network`` reads,
+    # with a new optimizer and schedule. Lets a later session continue from the shipped weights when the run
+    # directory of the run that made them is gone (runs/ is not kept between machines).
+    init_from: str | None = None
 
 
 def size_limits(cfg: PretrainConfig, step: int) -> tuple[int, int]:
@@ -223,6 +227,29 @@ def check_config(cfg: PretrainConfig) -> None:
         raise ValueError(f"max_minutes must be > 0, got {cfg.max_minutes}")
 
 
+def _warm_start(net: torch.nn.Module, source: str) -> None:
+    """Copy the weights of ``source`` (shipped name or checkpoint path) into ``net``; the shapes must match."""
+    from autogluon_tfm.checkpoints import load_network
+
+    try:
+        source_net = load_network(source)
+    except (FileNotFoundError, ValueError, KeyError) as error:
+        raise ValueError(f"init_from={source!r} could not be loaded: {error}") from error
+    source_state = source_net.state_dict()
+    target_state = net.state_dict()
+    mismatched = sorted(
+        k for k in target_state.keys() | source_state.keys()
+        if k not in source_state or k not in target_state or source_state[k].shape != target_state[k].shape
+    )
+    if mismatched:
+        raise ValueError(
+            f"init_from={source!r} does not fit this run's network ({len(mismatched)} mismatched tensors, e.g. "
+            f"{mismatched[:3]}); use the --model preset and --task the checkpoint was trained with."
+        )
+    net.load_state_dict({k: v.to(target_state[k].dtype) for k, v in source_state.items()})
+    logger.info("Warm start from %s (weights only; new optimizer and schedule)", source)
+
+
 def default_evaluator(cfg: PretrainConfig, device: str) -> Callable[[torch.nn.Module, int], list[dict[str, Any]]]:
     """The evaluator ``eval_every`` uses unless ``pretrain`` is given one."""
     from autogluon_tfm.pretrain.evaluate import PretrainEvaluator
@@ -320,6 +347,8 @@ def _pretrain(
         scheduler.load_state_dict(ckpt["scheduler_state"])
         state = dict(ckpt["progress"])
         logger.info("Resumed from %s at step %d", last, state["step"])
+    elif cfg.init_from:
+        _warm_start(net, cfg.init_from)
     if distributed:
         for tensor in net.state_dict().values():  # identical start on every rank, whatever each one loaded
             dist.broadcast(tensor, src=0)
