@@ -57,6 +57,21 @@ def test_activations_are_linear_in_cells(model_cls):
     assert large / small == pytest.approx(2.0, rel=0.02)
 
 
+def test_tabicl_estimate_is_capped_by_its_memory_plan():
+    """TabICL's chunked inference bounds its working memory: at 10K-100K rows the estimate stops growing linearly
+    (the linear model said 23 GB at 10K x 50 and 225 GB at 100K x 50, so AutoGluon skipped such tables)."""
+    linear = super(TabICLModel, TabICLModel)._activation_bytes_estimate
+    sizes = [(2000, 20), (10_000, 50), (30_000, 50), (100_000, 50)]
+    estimates = [_ram(TabICLModel, n_rows=n, n_features=f) for n, f in sizes]
+    assert all(a < b for a, b in zip(estimates, estimates[1:]))
+    # Small tables: the linear model, unchanged; large ones: capped well below it.
+    small = _frame(2000, 20)
+    assert TabICLModel._activation_bytes_estimate(small, {}) == linear(small, {})
+    big = _frame(100_000, 50)
+    assert TabICLModel._activation_bytes_estimate(big, {})[0] < 0.2 * linear(big, {})[0]
+    assert estimates[-1] < 20 * 1024**3  # within ag.max_rows=100K on a 24 GB machine
+
+
 def test_test_rows_come_from_x_val():
     X = _frame(1000, 20)
     without = TabICLModel._estimate_memory_usage_static(X=X, hyperparameters={})

@@ -227,3 +227,19 @@ def test_bf16_agrees_with_fp32_on_shipped_weights():
     }
     agreement = (proba["fp32"].argmax(1) == proba["bf16"].argmax(1)).mean()
     assert agreement >= 0.97 and np.abs(proba["fp32"] - proba["bf16"]).mean() <= 0.01
+
+
+def test_explicit_bf16_warns_only_on_a_cpu_that_emulates_it(monkeypatch, caplog):
+    import autogluon_tfm.inference.base as base
+
+    cpu = torch.device("cpu")
+    for fast in (False, True):
+        base._warn_slow_low_precision.cache_clear()
+        monkeypatch.setattr(base, "cpu_has_fast_bf16", lambda fast=fast: fast)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger=base.logger.name):
+            assert base.resolve_precision("bf16", cpu) == "bf16"
+            assert base.resolve_precision("fp32", cpu) == "fp32"
+        warned = [r for r in caplog.records if "without native bf16" in r.getMessage()]
+        assert len(warned) == (0 if fast else 1)
+    base._warn_slow_low_precision.cache_clear()

@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
+
 from autogluon_tfm.autogluon.base import TFMBaseModel
+from autogluon_tfm.inference.base import (
+    InContextEstimator,
+    tabicl_cache_bytes,
+    tabicl_member_bytes,
+    train_cache_budget,
+)
+
+# The official full-size network the estimate assumes (ARCHITECTURES.md 1.1): column width E, row width D = 4 x E.
+_FULL_COL_DIM, _FULL_ROW_DIM, _FULL_ICL_BLOCKS = 128, 512, 12
 
 
 class TabICLModel(TFMBaseModel):
@@ -34,3 +46,34 @@ class TabICLModel(TFMBaseModel):
     features_per_token = 1
     extra_tokens_per_row = 0
     num_blocks_estimate = 6  # column (3) + row (3) blocks act per cell; the 12 ICL blocks act per row
+
+    @classmethod
+    def _activation_bytes_estimate(
+        cls, X: pd.DataFrame, hyperparameters: dict | None, X_val: pd.DataFrame | None = None
+    ) -> tuple[int, int]:
+        """The linear model of :class:`TFMBaseModel`, capped by TabICL's memory plan.
+
+        TabICL inference runs the column and row stages in chunks of about a quarter of ``memory_budget_bytes``
+        each, batches members so their training-row states fit the budget, and keeps train caches up to the cache
+        budget. The linear model alone grows without bound (225 GB at 100K x 50, so AutoGluon would skip a table
+        well inside ``ag.max_rows``); the cap is ``1.25 x (members per call x member states + 2 stage chunks) +
+        kept caches``.
+        """
+        linear, fine_tune = super()._activation_bytes_estimate(X, hyperparameters, X_val)
+        hyperparameters = hyperparameters or {}
+        n_rows, n_features = X.shape
+        budget = int(InContextEstimator.memory_budget_bytes)
+        per_member = tabicl_member_bytes(n_rows, n_features, _FULL_COL_DIM, _FULL_ROW_DIM, _FULL_ICL_BLOCKS)
+        norm_methods = hyperparameters.get("norm_methods", ("none", "power"))
+        n_methods = 1 if isinstance(norm_methods, str) else max(len(norm_methods), 1)
+        n_estimators = int(hyperparameters.get("n_estimators", 8))
+        members_per_call = max(
+            1, min(int(hyperparameters.get("batch_size", 8)), -(-n_estimators // n_methods), budget // per_member)
+        )
+        working = members_per_call * per_member + budget // 2
+        caches = min(
+            n_estimators * tabicl_cache_bytes(n_rows, _FULL_ROW_DIM, _FULL_ICL_BLOCKS),
+            train_cache_budget(InContextEstimator.train_cache_max_bytes),
+        )
+        capped = int(cls._MEMORY_SAFETY_FACTOR * working + caches)
+        return int(np.minimum(linear, capped)), fine_tune

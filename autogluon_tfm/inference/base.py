@@ -62,6 +62,16 @@ def cpu_has_fast_bf16() -> bool:
         return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 
 
+@functools.cache
+def _warn_slow_low_precision(precision: str) -> None:
+    """Once per process: low-precision autocast on a CPU that emulates it (measured ~140x slower than fp32 matmul
+    on an AVX2-only CPU, benchmarks/results/speed.md)."""
+    logger.warning(
+        "precision=%r on a CPU without native bf16 (no AMX / AVX512-BF16): autocast is emulated there and runs far "
+        "slower than fp32. Use precision='auto' (fp32 on this CPU).", precision,
+    )
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``"auto"`` -> bf16 autocast on CUDA (fp16 where bf16 is unsupported), fp32 elsewhere.
 
@@ -72,6 +82,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision not in PRECISIONS:
         raise ValueError(f"Unknown precision {precision!r}; expected one of {PRECISIONS}.")
     if precision != "auto":
+        if device.type == "cpu" and precision in ("bf16", "fp16") and not cpu_has_fast_bf16():
+            _warn_slow_low_precision(precision)
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
@@ -92,6 +104,25 @@ def _total_memory_bytes() -> int:
         return int(psutil.virtual_memory().total)
     except ImportError:  # psutil comes with AutoGluon; without it assume a small machine
         return 8 * 1024**3
+
+
+def tabicl_member_bytes(n_train: int, n_groups: int, col_dim: int, row_dim: int, n_icl_blocks: int) -> int:
+    """fp32 bytes one TabICL member holds while its training rows run (memory plan of the estimators and the
+    AutoGluon memory estimate): column-stage output (G x n x E), row representations and every ICL block's
+    training-row states (n x D each), with a few working copies."""
+    return 4 * n_train * (n_groups * col_dim + (n_icl_blocks + 6) * row_dim)
+
+
+def tabicl_cache_bytes(n_train: int, row_dim: int, n_icl_blocks: int) -> int:
+    """fp32 bytes of one member's kept train cache: row representations + the ICL states of every block."""
+    return 4 * n_train * (n_icl_blocks + 1) * row_dim
+
+
+def train_cache_budget(train_cache_max_bytes: int | None = None) -> int:
+    """Bytes of train caches kept between predictions: the given cap, else a quarter of RAM, at most 8 GiB."""
+    if train_cache_max_bytes is not None:
+        return int(train_cache_max_bytes)
+    return min(_total_memory_bytes() // 4, 8 * 1024**3)
 
 
 class InContextEstimator(BaseEstimator):
@@ -363,7 +394,7 @@ class InContextEstimator(BaseEstimator):
             return int(self.batch_size)
         G, E, _, D = self._tabicl_sizes(network, n_features)
         n_icl = int(getattr(network, "config", {}).get("icl_num_blocks", 12))
-        per_member = 4 * n_train * (G * E + (n_icl + 6) * D)
+        per_member = tabicl_member_bytes(n_train, G, E, D, n_icl)
         return int(max(1, min(int(self.batch_size), self.memory_budget_bytes // max(per_member, 1))))
 
     def _chunks(self, network: torch.nn.Module, n_members: int, n_rows: int, n_features: int) -> dict[str, int]:
@@ -387,9 +418,7 @@ class InContextEstimator(BaseEstimator):
         self.__dict__["train_cache_"] = {}
 
     def _cache_budget(self) -> int:
-        if self.train_cache_max_bytes is not None:
-            return int(self.train_cache_max_bytes)
-        return min(_total_memory_bytes() // 4, 8 * 1024**3)
+        return train_cache_budget(self.train_cache_max_bytes)
 
     def _train_cache(self, network: torch.nn.Module, key: Any, build: Callable[[], Any]) -> Any:
         """The cache stored under ``key`` for this network/device/precision, else ``build()`` (kept within budget)."""
