@@ -243,3 +243,21 @@ def test_explicit_bf16_warns_only_on_a_cpu_that_emulates_it(monkeypatch, caplog)
         warned = [r for r in caplog.records if "without native bf16" in r.getMessage()]
         assert len(warned) == (0 if fast else 1)
     base._warn_slow_low_precision.cache_clear()
+
+
+# ------------------------------------------------------------------------------------------------- memory guard
+@pytest.mark.parametrize("arch", ["tabicl", "tabpfn_v2", "mitra"])
+def test_prediction_that_cannot_fit_in_ram_raises_a_clear_memory_error(arch, monkeypatch):
+    import autogluon_tfm.inference.base as base
+
+    X, y = _table(120, n_features=6)
+    X_before = X.copy()
+    model = {"tabicl": "tabicl", "tabpfn_v2": "tabpfnv2", "mitra": "mitra"}[arch]
+    clf = TFMClassifier(model=model, checkpoint=make_tiny_network(arch), device="cpu", n_estimators=2)
+    clf.fit(X[:100], y[:100])
+    monkeypatch.setattr(base, "_available_memory_bytes", lambda: 64 * 1024)  # 64 KB free
+    with pytest.raises(MemoryError, match=r"100 training .*6 features.*GB are available.*fewer training rows"):
+        clf.predict_proba(X[100:])
+    monkeypatch.setattr(base, "_available_memory_bytes", lambda: 64 * 1024**3)
+    assert clf.predict_proba(X[100:]).shape == (20, len(np.unique(y[:100])))
+    np.testing.assert_array_equal(X, X_before)

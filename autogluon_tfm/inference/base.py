@@ -106,6 +106,35 @@ def _total_memory_bytes() -> int:
         return 8 * 1024**3
 
 
+def _available_memory_bytes() -> int | None:
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        return None
+
+
+# Embedding-wide fp32 vectors alive per token at the peak of a whole-table call (measured with benchmarks/memory.py;
+# the AutoGluon adapters' estimates use the same values for the official widths).
+_ACTIVATION_VECTORS_PER_TOKEN = {"tabpfn_v2": 11.0, "mitra": 13.0}
+# Share of the available RAM one network call may plan to use before prediction refuses to start.
+_MEMORY_GUARD_SHARE = 0.9
+
+
+def check_memory(required_bytes: int, what: str) -> None:
+    """Raise a clear ``MemoryError`` before a CPU network call that would not fit in the available RAM (the
+    machine would swap or the process be killed mid-way instead)."""
+    available = _available_memory_bytes()
+    if available is None or required_bytes <= _MEMORY_GUARD_SHARE * available:
+        return
+    raise MemoryError(
+        f"{what} needs about {required_bytes / 1024**3:.1f} GB of working memory, but only "
+        f"{available / 1024**3:.1f} GB are available. Use fewer training rows (subsample the context) or features, "
+        f"a smaller batch_size / n_estimators, a GPU (device='cuda'), or a machine with more memory."
+    )
+
+
 def tabicl_member_bytes(n_train: int, n_groups: int, col_dim: int, row_dim: int, n_icl_blocks: int) -> int:
     """fp32 bytes one TabICL member holds while its training rows run (memory plan of the estimators and the
     AutoGluon memory estimate): column-stage output (G x n x E), row representations and every ICL block's
@@ -458,6 +487,8 @@ class InContextEstimator(BaseEstimator):
                 network, X_train_batch, y_batch, X_test, feature_orders, progress, reduce, cache_key
             )
         device = self.device_
+        if device.type == "cpu":
+            self._check_whole_table_memory(network, X_train_batch.shape, min(len(X_test), self.max_test_rows_per_forward))
         outputs = []
         with torch.no_grad(), self._autocast():
             train = torch.from_numpy(np.ascontiguousarray(X_train_batch, dtype=np.float32)).to(device)
@@ -495,11 +526,36 @@ class InContextEstimator(BaseEstimator):
         progress.update(-(-len(X_test) // self.max_test_rows_per_forward))  # the units the caller counted
         return np.concatenate(outputs, axis=1)
 
+    def _check_whole_table_memory(self, network: torch.nn.Module, train_shape: tuple, n_test: int) -> None:
+        """:func:`check_memory` for a network that runs training and test rows in one call (TabPFN v2, Mitra)."""
+        vectors = _ACTIVATION_VECTORS_PER_TOKEN.get(getattr(network, "arch", ""))
+        config = getattr(network, "config", {})
+        dim = config.get("embed_dim", config.get("dim"))
+        if vectors is None or dim is None:
+            return
+        n_members, n_train, n_features = train_shape
+        tokens_per_row = -(-n_features // int(config.get("features_per_group", 1))) + 1  # + the target token
+        required = int(4 * vectors * dim * n_members * (n_train + n_test) * tokens_per_row)
+        check_memory(
+            required,
+            f"{type(self).__name__}: {n_members} ensemble member(s) on {n_train} training + {n_test} test rows x "
+            f"{n_features} features",
+        )
+
     def _build_train_cache(
         self, network: torch.nn.Module, X_train_batch: np.ndarray, y_batch: np.ndarray, with_icl: bool
     ) -> Any:
         """``network.build_train_cache`` on ``(members, n_train, H)`` training rows, chunked by the memory plan."""
         n_members, n_train, n_features = X_train_batch.shape
+        if self.device_.type == "cpu":
+            G, E, _, D = self._tabicl_sizes(network, n_features)
+            n_icl = int(getattr(network, "config", {}).get("icl_num_blocks", 12))
+            states = n_members * tabicl_member_bytes(n_train, G, E, D, n_icl)
+            check_memory(  # + the column / row stage chunks, each at most a quarter of the budget
+                states + min(self.memory_budget_bytes // 2, states),
+                f"{type(self).__name__}: {n_members} ensemble member(s) on {n_train} training rows x "
+                f"{n_features} features",
+            )
         train = torch.from_numpy(np.ascontiguousarray(X_train_batch, dtype=np.float32)).to(self.device_)
         labels = torch.from_numpy(np.ascontiguousarray(y_batch, dtype=np.float32)).to(self.device_)
         chunks = self._chunks(network, n_members, n_train, n_features)
