@@ -38,6 +38,7 @@ if __name__ == "__main__" and not __package__:  # run as a file: import the help
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from autogluon_tfm.finetune import SHIPPED_WEIGHTS_LEARNING_RATE  # noqa: E402
 from benchmarks._common import TFM_LABELS, TFM_METHODS, TFMFactory  # noqa: E402
 from benchmarks.datasets import DATASETS, dev_datasets  # noqa: E402
 from benchmarks.finetune_lr_sweep import (  # noqa: E402
@@ -229,7 +230,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_model_arguments(parser, finetune_datasets(), models=list(TFM_METHODS), modes=["full", "lora"])
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--steps", type=int, default=None, help="fine_tune_steps (default: the estimator's)")
-    parser.add_argument("--lr", type=float, default=None, help="learning_rate (default: the estimator's)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="learning_rate (default: what the estimator's learning_rate='auto' gives shipped weights)")
     parser.add_argument("--time-limit", type=float, default=60.0, help="estimator time_limit (s) of each fit")
     add_run_arguments(parser, "'default' (each model's shipped weights unless an official checkpoint is cached), a "
                       "shipped name, a path, or 'tiny' (random tiny networks, for plumbing checks)")
@@ -241,7 +243,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="run nothing: rewrite the report from the rows of --merge-csv (e.g. with new --notes)")
     args = parse_with_outputs(parser, argv, "finetune_modes", quick_runs="4 steps")
     args.steps = estimator_default("fine_tune_steps") if args.steps is None else args.steps
-    args.lr = estimator_default("learning_rate") if args.lr is None else args.lr
+    args.lr = SHIPPED_WEIGHTS_LEARNING_RATE if args.lr is None else args.lr
     if args.quick:
         args.datasets = args.datasets or list(QUICK_DATASETS)
         args.steps, args.max_train, args.max_test = min(args.steps, 4), min(args.max_train, 300), 200

@@ -147,7 +147,7 @@ def test_finetune_modes_runs_icl_full_and_lora_for_every_model(tmp_path: Path) -
     report = out.read_text()
     for model in ("TabICL", "TabPFNv2", "Mitra"):
         assert f"| {model} | full | " in report and f"| {model} | LoRA | " in report
-    assert "fine_tune_steps: 3 | learning_rate: 0.0001 | time_limit (s): 60" in report and "## Errors" not in report
+    assert "fine_tune_steps: 3 | learning_rate: 0.0005 | time_limit (s): 60" in report and "## Errors" not in report
 
     # A rerun of one model merged with the earlier CSV replaces that model's rows and keeps the others.
     argv = [*argv[:-1], str(tmp_path / "again.md"), "--models", "mitra", "--merge-csv", str(out.with_suffix(".csv"))]

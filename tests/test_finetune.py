@@ -397,3 +397,17 @@ def test_tabular_predictor_bagged_lora_finetuning_uses_the_out_of_fold_rows(tmp_
     assert proba.shape == (240, 2) and np.isfinite(proba.to_numpy()).all()
     oof = predictor.predict_proba_oof()
     assert oof.shape == (240, 2) and np.isfinite(oof.to_numpy()).all()
+
+
+def test_auto_learning_rate_follows_the_weights():
+    from autogluon_tfm.finetune import OTHER_WEIGHTS_LEARNING_RATE, SHIPPED_WEIGHTS_LEARNING_RATE
+
+    X, y = np.random.default_rng(0).normal(size=(60, 3)), np.arange(60) % 2
+    shipped = TFMClassifier(n_estimators=1, device="cpu").fit(X, y)
+    assert shipped.learning_rate == "auto" and shipped._learning_rate() == SHIPPED_WEIGHTS_LEARNING_RATE
+    module = TFMClassifier(checkpoint=make_tiny_network("tabicl"), n_estimators=1, device="cpu").fit(X, y)
+    assert module._learning_rate() == OTHER_WEIGHTS_LEARNING_RATE
+    explicit = TFMClassifier(checkpoint=make_tiny_network("tabicl"), learning_rate=3e-3, n_estimators=1).fit(X, y)
+    assert explicit._learning_rate() == 3e-3
+    with pytest.raises(ValueError, match="learning_rate"):
+        TFMClassifier(fine_tune="full", learning_rate="fast", n_estimators=1).fit(X, y)

@@ -14,11 +14,20 @@ from autogluon_tfm.finetune.data import (
     target_bins,
 )
 from autogluon_tfm.finetune.lora import DEFAULT_LORA_TARGETS, add_lora, merge_lora
-from autogluon_tfm.finetune.trainer import FINETUNE_MODES, FinetuneConfig, FinetuneReport, finetune
+from autogluon_tfm.finetune.trainer import (
+    FINETUNE_MODES,
+    OTHER_WEIGHTS_LEARNING_RATE,
+    SHIPPED_WEIGHTS_LEARNING_RATE,
+    FinetuneConfig,
+    FinetuneReport,
+    finetune,
+)
 
 __all__ = [
     "DEFAULT_LORA_TARGETS",
     "FINETUNE_MODES",
+    "OTHER_WEIGHTS_LEARNING_RATE",
+    "SHIPPED_WEIGHTS_LEARNING_RATE",
     "ClassificationFinetuneData",
     "FinetuneConfig",
     "FinetuneData",

@@ -30,6 +30,11 @@ __all__ = ["FINETUNE_MODES", "FinetuneConfig", "FinetuneReport", "finetune"]
 logger = logging.getLogger(__name__)
 
 FINETUNE_MODES = ("full", "lora")
+# learning_rate="auto" of the estimators. Shipped (small, CPU-pretrained) weights: the best peak learning rate of
+# benchmarks/finetune_lr_sweep.py (full finetuning, all three networks, 8 dev datasets: results/finetune_lr_sweep*.md).
+# Any other checkpoint (official full-size weights): 1e-4, not yet measured here (no official weights offline).
+SHIPPED_WEIGHTS_LEARNING_RATE = 5e-4
+OTHER_WEIGHTS_LEARNING_RATE = 1e-4
 _AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 

@@ -100,7 +100,7 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
         verbose: bool = False,
         fine_tune: str | None = None,
         fine_tune_steps: int = 200,
-        learning_rate: float = 1e-4,
+        learning_rate: float | str = "auto",
         lora_rank: int = 8,
         lora_alpha: float = 16.0,
         lora_dropout: float = 0.05,
