@@ -85,3 +85,25 @@ def test_training_steps_reduce_loss():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_rope_inference_kernel_matches_the_textbook_rotation(interleaved):
+    """The fused no-grad RoPE and the autograd path both rotate each pair (a, b) to (a cos - b sin, b cos + a sin)."""
+    from autogluon_tfm.nn.layers import RotaryEmbedding
+
+    rope = RotaryEmbedding(8, base=100.0, interleaved=interleaved)
+    x = torch.randn(3, 2, 7, 8)
+    pos = torch.arange(7, dtype=torch.float32)[:, None] * rope.freqs[None]
+    cos, sin = pos.cos(), pos.sin()
+    a, b = (x[..., 0::2], x[..., 1::2]) if interleaved else (x[..., :4], x[..., 4:])
+    pair = (a * cos - b * sin, b * cos + a * sin)
+    expected = torch.stack(pair, -1).flatten(-2) if interleaved else torch.cat(pair, -1)
+    with torch.no_grad():
+        fused = rope(x)
+    x_grad = x.clone().requires_grad_(True)
+    functional = rope(x_grad)
+    functional.sum().backward()
+    torch.testing.assert_close(fused, expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(functional.detach(), expected, atol=1e-6, rtol=0)
+    assert x_grad.grad is not None and torch.isfinite(x_grad.grad).all()
