@@ -334,7 +334,7 @@ def test_pickle_round_trip_predicts_identically(tiny_network):
 
 
 # ------------------------------------------------------------------------------------------------- many classes
-@pytest.mark.parametrize("n_classes", [11, 30])
+@pytest.mark.parametrize("n_classes", [11, 30, 100])
 def test_more_classes_than_network_supports(n_classes):
     rng = np.random.default_rng(n_classes)
     y = np.repeat(np.arange(n_classes), 2)
@@ -362,6 +362,19 @@ def test_many_classes_with_real_network_is_a_distribution(tiny_network):
     proba = make_classifier(tiny_network, n_estimators=2).fit(X, y).predict_proba(X[:7])
     assert proba.shape == (7, 12) and np.isfinite(proba).all()
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-12)
+
+
+@pytest.mark.parametrize("arch", ["tabicl", "tabpfn_v2", "mitra"])
+def test_one_hundred_classes_with_each_real_network(arch):
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(200, 3))
+    y = np.arange(200) % 100
+    model = {"tabicl": "tabicl", "tabpfn_v2": "tabpfnv2", "mitra": "mitra"}[arch]
+    clf = TFMClassifier(model=model, checkpoint=make_tiny_network(arch), n_estimators=1, device="cpu").fit(X, y)
+    assert clf.class_tree_.count_nodes() == 11  # root over 10 groups + 10 leaves of 10 classes: depth ceil(log10 100)
+    proba = clf.predict_proba(X[:5])
+    assert proba.shape == (5, 100) and (proba > 0).all()  # every class reachable along its path
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-9)
 
 
 # ----------------------------------------------------------------------------------------------- preprocessing units
