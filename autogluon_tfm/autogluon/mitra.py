@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from autogluon_tfm.autogluon.base import TFMBaseModel, limits
+from autogluon_tfm.inference.base import ACTIVATION_VECTORS_PER_TOKEN
 
 
 class MitraModel(TFMBaseModel):
@@ -30,7 +31,7 @@ class MitraModel(TFMBaseModel):
     # 2,048-wide feed-forward hidden layer before and after GELU is 8 of them).
     network_bytes_estimate = 290 * 1024**2
     embedding_dim_estimate = 512
-    activation_vectors_per_token = 13.0
+    activation_vectors_per_token = ACTIVATION_VECTORS_PER_TOKEN["mitra"]
     features_per_token = 1
     extra_tokens_per_row = 1
     num_blocks_estimate = 24  # 12 layers of two attention blocks (across rows, across features)

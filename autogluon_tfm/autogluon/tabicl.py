@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 
 from autogluon_tfm.autogluon.base import TFMBaseModel
@@ -76,4 +75,4 @@ class TabICLModel(TFMBaseModel):
             train_cache_budget(InContextEstimator.train_cache_max_bytes),
         )
         capped = int(cls._MEMORY_SAFETY_FACTOR * working + caches)
-        return int(np.minimum(linear, capped)), fine_tune
+        return min(linear, capped), fine_tune

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from autogluon_tfm.autogluon.base import TFMBaseModel, limits
+from autogluon_tfm.inference.base import ACTIVATION_VECTORS_PER_TOKEN
 
 
 class TabPFNv2Model(TFMBaseModel):
@@ -29,7 +30,7 @@ class TabPFNv2Model(TFMBaseModel):
     # parameters; one 192-wide token per feature pair + the target token, ~11 vectors per token at the peak.
     network_bytes_estimate = 30 * 1024**2
     embedding_dim_estimate = 192
-    activation_vectors_per_token = 11.0
+    activation_vectors_per_token = ACTIVATION_VECTORS_PER_TOKEN["tabpfn_v2"]
     features_per_token = 2
     extra_tokens_per_row = 1
     num_blocks_estimate = 12

@@ -116,8 +116,8 @@ def _available_memory_bytes() -> int | None:
 
 
 # Embedding-wide fp32 vectors alive per token at the peak of a whole-table call (measured with benchmarks/memory.py;
-# the AutoGluon adapters' estimates use the same values for the official widths).
-_ACTIVATION_VECTORS_PER_TOKEN = {"tabpfn_v2": 11.0, "mitra": 13.0}
+# the AutoGluon adapters' memory estimates read the same values).
+ACTIVATION_VECTORS_PER_TOKEN = {"tabpfn_v2": 11.0, "mitra": 13.0}
 # Share of the available RAM one network call may plan to use before prediction refuses to start.
 _MEMORY_GUARD_SHARE = 0.9
 
@@ -542,7 +542,7 @@ class InContextEstimator(BaseEstimator):
 
     def _check_whole_table_memory(self, network: torch.nn.Module, train_shape: tuple, n_test: int) -> None:
         """:func:`check_memory` for a network that runs training and test rows in one call (TabPFN v2, Mitra)."""
-        vectors = _ACTIVATION_VECTORS_PER_TOKEN.get(getattr(network, "arch", ""))
+        vectors = ACTIVATION_VECTORS_PER_TOKEN.get(getattr(network, "arch", ""))
         config = getattr(network, "config", {})
         dim = config.get("embed_dim", config.get("dim"))
         if vectors is None or dim is None:
