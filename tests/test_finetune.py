@@ -400,11 +400,16 @@ def test_tabular_predictor_bagged_lora_finetuning_uses_the_out_of_fold_rows(tmp_
 
 
 def test_auto_learning_rate_follows_the_weights():
-    from autogluon_tfm.finetune import OTHER_WEIGHTS_LEARNING_RATE, SHIPPED_WEIGHTS_LEARNING_RATE
+    from autogluon_tfm.finetune import (
+        OTHER_WEIGHTS_LEARNING_RATE,
+        SHIPPED_WEIGHTS_LEARNING_RATE,
+        SHIPPED_WEIGHTS_LORA_LEARNING_RATE,
+    )
 
     X, y = np.random.default_rng(0).normal(size=(60, 3)), np.arange(60) % 2
     shipped = TFMClassifier(n_estimators=1, device="cpu").fit(X, y)
     assert shipped.learning_rate == "auto" and shipped._learning_rate() == SHIPPED_WEIGHTS_LEARNING_RATE
+    assert shipped.set_params(fine_tune="lora")._learning_rate() == SHIPPED_WEIGHTS_LORA_LEARNING_RATE
     module = TFMClassifier(checkpoint=make_tiny_network("tabicl"), n_estimators=1, device="cpu").fit(X, y)
     assert module._learning_rate() == OTHER_WEIGHTS_LEARNING_RATE
     explicit = TFMClassifier(checkpoint=make_tiny_network("tabicl"), learning_rate=3e-3, n_estimators=1).fit(X, y)

@@ -34,6 +34,8 @@ FINETUNE_MODES = ("full", "lora")
 # benchmarks/finetune_lr_sweep.py (full finetuning, all three networks, 8 dev datasets: results/finetune_lr_sweep*.md).
 # Any other checkpoint (official full-size weights): 1e-4, not yet measured here (no official weights offline).
 SHIPPED_WEIGHTS_LEARNING_RATE = 5e-4
+# LoRA on the shipped weights: the adapters start at zero and need a larger step (finetune_lr_sweep_lora.md).
+SHIPPED_WEIGHTS_LORA_LEARNING_RATE = 2e-3
 OTHER_WEIGHTS_LEARNING_RATE = 1e-4
 _AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -166,8 +166,8 @@ class InContextEstimator(BaseEstimator):
     - ``fine_tune``: ``None`` (in-context learning only), ``"full"`` (all weights) or ``"lora"`` (LoRA adapters,
       merged into the weights afterwards): finetune a copy of the network on the training table in ``fit``;
     - ``fine_tune_steps``: maximum finetuning steps (one sampled context/query task of ~1,024 rows per step);
-    - ``learning_rate``: peak AdamW learning rate of finetuning; ``"auto"`` = 5e-4 for the shipped weights (the
-      best of the learning-rate sweep), 1e-4 for any other checkpoint;
+    - ``learning_rate``: peak AdamW learning rate of finetuning; ``"auto"`` = for the shipped weights the best of
+      the learning-rate sweeps (5e-4 full, 2e-3 LoRA), 1e-4 for any other checkpoint;
     - ``lora_rank``, ``lora_alpha``, ``lora_dropout``: LoRA adapter settings (``fine_tune="lora"``);
     - ``lora_target_modules``: names of the ``nn.Linear`` layers that get adapters; ``None`` = attention projections
       and feed-forward layers (``autogluon_tfm.finetune.DEFAULT_LORA_TARGETS``);
@@ -249,15 +249,19 @@ class InContextEstimator(BaseEstimator):
     def _learning_rate(self) -> Any:
         """``learning_rate``, with ``"auto"`` resolved by the weights in use (before fit: for the shipped ones)."""
         from autogluon_tfm.checkpoints import SHIPPED_DIR, list_shipped
-        from autogluon_tfm.finetune import OTHER_WEIGHTS_LEARNING_RATE, SHIPPED_WEIGHTS_LEARNING_RATE
+        from autogluon_tfm.finetune import (
+            OTHER_WEIGHTS_LEARNING_RATE,
+            SHIPPED_WEIGHTS_LEARNING_RATE,
+            SHIPPED_WEIGHTS_LORA_LEARNING_RATE,
+        )
 
         if not (isinstance(self.learning_rate, str) and self.learning_rate == "auto"):
             return self.learning_rate
         source = getattr(self, "checkpoint_path_", None)
-        if source is None:
-            return SHIPPED_WEIGHTS_LEARNING_RATE
-        shipped = source in list_shipped() or Path(source).resolve().parent == SHIPPED_DIR.resolve()
-        return SHIPPED_WEIGHTS_LEARNING_RATE if shipped else OTHER_WEIGHTS_LEARNING_RATE
+        shipped = source is None or source in list_shipped() or Path(source).resolve().parent == SHIPPED_DIR.resolve()
+        if not shipped:
+            return OTHER_WEIGHTS_LEARNING_RATE
+        return SHIPPED_WEIGHTS_LORA_LEARNING_RATE if self.fine_tune == "lora" else SHIPPED_WEIGHTS_LEARNING_RATE
 
     def _random_seed(self) -> int | None:
         if self.random_state is None or isinstance(self.random_state, (int, np.integer)):
