@@ -427,26 +427,37 @@ class TFMBaseModel(AbstractTorchModel):
         ``min(batch_size, ceil(n_estimators / len(norm_methods)))`` members. Test rows are ``X_val``'s, else
         ``_ESTIMATE_TEST_ROW_SHARE`` of the training rows, at most ``max_test_rows_per_forward`` per call.
         """
-        from autogluon_tfm.inference.base import InContextEstimator
+        from autogluon_tfm.inference.base import InContextEstimator, whole_table_activation_bytes
 
         hyperparameters = hyperparameters or {}
         n_rows, n_features = X.shape
         n_test = len(X_val) if X_val is not None else int(np.ceil(cls._ESTIMATE_TEST_ROW_SHARE * n_rows))
         n_test = min(n_test, InContextEstimator.max_test_rows_per_forward)
-        norm_methods = hyperparameters.get("norm_methods", ("none", "power"))
-        n_methods = 1 if isinstance(norm_methods, str) else max(len(norm_methods), 1)
-        n_estimators = int(hyperparameters.get("n_estimators", 8))
-        members_per_call = min(int(hyperparameters.get("batch_size", 8)), -(-n_estimators // n_methods))
         tokens_per_row = -(-max(n_features, 1) // cls.features_per_token) + cls.extra_tokens_per_row
-        bytes_per_token = cls.activation_vectors_per_token * cls.embedding_dim_estimate * 4
-        activations = members_per_call * (n_rows + n_test) * tokens_per_row * bytes_per_token
+
+        def activations(n_members: int, rows: int) -> int:
+            return whole_table_activation_bytes(
+                n_members, rows, tokens_per_row, cls.embedding_dim_estimate, cls.activation_vectors_per_token
+            )
+
+        inference = activations(cls._members_per_call(hyperparameters), n_rows + n_test)
         fine_tune = 0.0
         if hyperparameters.get("fine_tune") is not None:
             step_rows = min(n_rows, cls._FINE_TUNE_ROWS_PER_STEP)
             fine_tune = cls._FINE_TUNE_NETWORK_COPIES * cls.network_bytes_estimate + cls._MEMORY_SAFETY_FACTOR * (
-                step_rows * tokens_per_row * bytes_per_token * cls.num_blocks_estimate
+                activations(1, step_rows) * cls.num_blocks_estimate
             )
-        return int(cls._MEMORY_SAFETY_FACTOR * activations), int(fine_tune)
+        return int(cls._MEMORY_SAFETY_FACTOR * inference), int(fine_tune)
+
+    @staticmethod
+    def _members_per_call(hyperparameters: dict, max_by_memory: int | None = None) -> int:
+        """Ensemble members in one network call: members run per normalisation method, ``batch_size`` at a time
+        (``autogluon_tfm.inference``), and TabICL also caps them by its memory budget (``max_by_memory``)."""
+        norm_methods = hyperparameters.get("norm_methods", ("none", "power"))
+        n_methods = 1 if isinstance(norm_methods, str) else max(len(norm_methods), 1)
+        n_estimators = int(hyperparameters.get("n_estimators", 8))
+        members = min(int(hyperparameters.get("batch_size", 8)), -(-n_estimators // n_methods))
+        return max(1, members if max_by_memory is None else min(members, max_by_memory))
 
     @classmethod
     def _estimate_memory_usage_static(

@@ -63,15 +63,9 @@ class TabICLModel(TFMBaseModel):
         n_rows, n_features = X.shape
         budget = int(InContextEstimator.memory_budget_bytes)
         per_member = tabicl_member_bytes(n_rows, n_features, _FULL_COL_DIM, _FULL_ROW_DIM, _FULL_ICL_BLOCKS)
-        norm_methods = hyperparameters.get("norm_methods", ("none", "power"))
-        n_methods = 1 if isinstance(norm_methods, str) else max(len(norm_methods), 1)
-        n_estimators = int(hyperparameters.get("n_estimators", 8))
-        members_per_call = max(
-            1, min(int(hyperparameters.get("batch_size", 8)), -(-n_estimators // n_methods), budget // per_member)
-        )
-        working = members_per_call * per_member + budget // 2
+        working = cls._members_per_call(hyperparameters, budget // per_member) * per_member + budget // 2
         caches = min(
-            n_estimators * tabicl_cache_bytes(n_rows, _FULL_ROW_DIM, _FULL_ICL_BLOCKS),
+            int(hyperparameters.get("n_estimators", 8)) * tabicl_cache_bytes(n_rows, _FULL_ROW_DIM, _FULL_ICL_BLOCKS),
             train_cache_budget(InContextEstimator.train_cache_max_bytes),
         )
         capped = int(cls._MEMORY_SAFETY_FACTOR * working + caches)

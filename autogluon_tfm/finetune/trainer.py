@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 FINETUNE_MODES = ("full", "lora")
 # learning_rate="auto" of the estimators. Shipped (small, CPU-pretrained) weights: the best peak learning rate of
-# benchmarks/finetune_lr_sweep.py (full finetuning, all three networks, 8 dev datasets: results/finetune_lr_sweep*.md).
+# benchmarks/finetune_lr_sweep.py (full finetuning, all three networks, 5 dev datasets: results/finetune_lr_sweep*.md).
 # Any other checkpoint (official full-size weights): 1e-4, not yet measured here (no official weights offline).
 SHIPPED_WEIGHTS_LEARNING_RATE = 5e-4
 # LoRA on the shipped weights: the adapters start at zero and need a larger step (finetune_lr_sweep_lora.md).

@@ -122,6 +122,15 @@ ACTIVATION_VECTORS_PER_TOKEN = {"tabpfn_v2": 11.0, "mitra": 13.0}
 _MEMORY_GUARD_SHARE = 0.9
 
 
+def whole_table_activation_bytes(
+    n_members: int, n_rows: int, tokens_per_row: int, dim: int, vectors_per_token: float
+) -> int:
+    """fp32 bytes at the peak of one call that runs ``n_members`` tables of ``n_rows`` (train + test) rows at once:
+    ``vectors_per_token`` embedding-wide vectors per token (the memory model of the guard below and of the
+    AutoGluon adapters' estimates)."""
+    return int(4 * vectors_per_token * dim * n_members * n_rows * tokens_per_row)
+
+
 def check_memory(required_bytes: int, what: str) -> None:
     """Raise a clear ``MemoryError`` before a CPU network call that would not fit in the available RAM (the
     machine would swap or the process be killed mid-way instead)."""
@@ -553,7 +562,7 @@ class InContextEstimator(BaseEstimator):
             return
         n_members, n_train, n_features = train_shape
         tokens_per_row = -(-n_features // int(config.get("features_per_group", 1))) + 1  # + the target token
-        required = int(4 * vectors * dim * n_members * (n_train + n_test) * tokens_per_row)
+        required = whole_table_activation_bytes(n_members, n_train + n_test, tokens_per_row, dim, vectors)
         check_memory(
             required,
             f"{type(self).__name__}: {n_members} ensemble member(s) on {n_train} training + {n_test} test rows x "

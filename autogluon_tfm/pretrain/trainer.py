@@ -235,18 +235,13 @@ def _warm_start(net: torch.nn.Module, source: str) -> None:
         source_net = load_network(source)
     except (FileNotFoundError, ValueError, KeyError) as error:
         raise ValueError(f"init_from={source!r} could not be loaded: {error}") from error
-    source_state = source_net.state_dict()
-    target_state = net.state_dict()
-    mismatched = sorted(
-        k for k in target_state.keys() | source_state.keys()
-        if k not in source_state or k not in target_state or source_state[k].shape != target_state[k].shape
-    )
-    if mismatched:
+    try:
+        net.load_state_dict(source_net.state_dict())  # strict: same names and shapes (dtypes are converted)
+    except RuntimeError as error:
         raise ValueError(
-            f"init_from={source!r} does not fit this run's network ({len(mismatched)} mismatched tensors, e.g. "
-            f"{mismatched[:3]}); use the --model preset and --task the checkpoint was trained with."
-        )
-    net.load_state_dict({k: v.to(target_state[k].dtype) for k, v in source_state.items()})
+            f"init_from={source!r} does not fit this run's network; use the --model preset and --task the "
+            f"checkpoint was trained with. {str(error).splitlines()[0]}"
+        ) from error
     logger.info("Warm start from %s (weights only; new optimizer and schedule)", source)
 
 
