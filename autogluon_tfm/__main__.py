@@ -128,6 +128,11 @@ def main(argv: list[str] | None = None) -> None:
         help="warm start a new run from these weights (a shipped name such as tabicl-clf-small, or a checkpoint "
         "path); ignored when <out>/last.ckpt exists",
     )
+    p.add_argument(
+        "--class-id-spread", dest="class_id_spread", type=float, default=None, metavar="P",
+        help="classification: with probability P relabel a table's k classes to k random ids of the network's "
+        "outputs, so that every output id is trained (default 0)",
+    )
     p.set_defaults(func=_pretrain)
 
     pl = sub.add_parser("plot-loss", help="plot <run>/log.csv (and eval.csv) into <run>/loss.png")

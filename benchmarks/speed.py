@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=2 python -m benchmarks.speed --out benchmarks/results/speed.md --json benchmarks/results/speed.json
 
 Each architecture gets one random checkpoint in its official format with the official full-size configuration
-(tabicl v2 classifier ``.ckpt``; TabPFN v2 classifier ``.ckpt`` in the published key layout; Mitra directory with
+(tabicl v2 classifier ``.ckpt``; TabPFN v2 classifier ``.ckpt`` built by tabpfn's own v2 architecture code; Mitra directory with
 ``config.json`` + ``model.safetensors``). Every (model, implementation, size) point runs in a fresh subprocess that
 loads the checkpoint, fits on ``rows`` synthetic training rows (``features`` standard-normal features, 3 classes
 from a random linear rule), predicts ``--n-test`` rows (timed: first predict), then another ``--n-test`` new rows
@@ -97,12 +97,23 @@ def make_checkpoint(model: str, directory: Path, seed: int = 0) -> Path:
         torch.save({"config": config, "state_dict": net.state_dict()}, path)
         return path
     if model == "tabpfnv2":
-        from autogluon_tfm.checkpoints import save_network
-        from autogluon_tfm.nn import TabPFNv2
+        from tabpfn.architectures import tabpfn_v2
 
-        net = TabPFNv2()  # the official v2 classifier sizes are this network's defaults
+        # The published v2 classifier sizes (ARCHITECTURES.md, TabPFN v2), built by tabpfn's own architecture code and
+        # saved as {"state_dict", "config"} without "architecture_name": tabpfn then loads it as a v2 file with the
+        # v2 inference defaults, and our loader reads the same file (single-file key layout).
+        config = {
+            "emsize": 192, "nhead": 6, "nlayers": 12, "nhid_factor": 4, "features_per_group": 2,
+            "max_num_classes": 10, "num_buckets": 5000, "seed": 0, "feature_positional_embedding": "subspace",
+            "multiquery_item_attention_for_test_set": True, "remove_duplicate_features": False,
+            "max_num_features": 500, "dropout": 0.0, "recompute_layer": True,
+        }
+        parsed, _ = tabpfn_v2.parse_config(config)
+        net = tabpfn_v2.get_architecture(parsed)
         randomize_weights(net, seed)
-        return _tabpfn_official_ckpt(net, directory / "tabpfn-v2-random.ckpt", save_network)
+        path = directory / "tabpfn-v2-random.ckpt"
+        torch.save({"config": config, "state_dict": net.state_dict()}, path)
+        return path
     if model == "mitra":
         from autogluon_tfm.checkpoints.mitra import save_mitra_dir
         from autogluon_tfm.nn import Mitra
@@ -111,19 +122,6 @@ def make_checkpoint(model: str, directory: Path, seed: int = 0) -> Path:
         randomize_weights(net, seed)
         return save_mitra_dir(net, directory / "mitra-random")
     raise ValueError(f"Unknown model {model!r}; expected one of {MODELS}")
-
-
-def _tabpfn_official_ckpt(net, path: Path, save_network) -> Path:
-    """Our TabPFN v2 network in the published ``.ckpt`` layout (needs the checkpoints package's exporter)."""
-    from autogluon_tfm.checkpoints import tabpfn_v2 as tabpfn_ckpt
-
-    export = getattr(tabpfn_ckpt, "to_official_checkpoint", None)
-    if export is None:  # no exporter yet: our own format; the official run of this point then reports the error
-        return save_network(net, path.with_suffix(".safetensors"))
-    import torch
-
-    torch.save(export(net), path)
-    return path
 
 
 # ------------------------------------------------------------------------------------------------------ worker
@@ -151,8 +149,9 @@ def _official_estimator(model: str, checkpoint: str, n_estimators: int, seed: in
         return TabPFNClassifier(model_path=checkpoint, device="cpu", n_estimators=n_estimators, random_state=seed)
     from autogluon.tabular.models.mitra.sklearn_interface import MitraClassifier
 
-    return MitraClassifier(model_path=checkpoint, fine_tune=False, n_estimators=n_estimators, device="cpu",
-                           seed=seed)
+    # hf_model: a local directory with config.json + model.safetensors (Tab2D.save_pretrained's layout).
+    return MitraClassifier(hf_model=checkpoint, fine_tune=False, n_estimators=n_estimators, device="cpu", seed=seed,
+                           verbose=False)
 
 
 def worker(point: dict) -> dict:

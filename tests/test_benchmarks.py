@@ -173,3 +173,24 @@ def test_finetune_modes_summary_counts_wins_over_icl() -> None:
     table = finetune_modes.metric_table(pd.DataFrame(rows), ["tabicl"], "validation", 2)
     assert table.loc["splice", "TabICL ICL"] == "0.50" and table.loc["splice", "TabICL full"] == "0.40"
     assert "TabICL LoRA" not in table.columns  # LoRA did not run: no column
+
+
+def test_speed_checkpoint_for_tabpfn_v2_loads_in_both_implementations(tmp_path: Path) -> None:
+    """benchmarks/speed.py compares implementations on one file: tabpfn's own loader and ours must both read it, to
+    the same weights."""
+    pytest.importorskip("tabpfn")
+    import torch
+    from tabpfn.model_loading import load_model
+
+    from autogluon_tfm.checkpoints import load_network
+    from autogluon_tfm.checkpoints.tabpfn_v2 import convert_tabpfn_v2_state_dict
+    from benchmarks.speed import make_checkpoint
+
+    path = make_checkpoint("tabpfnv2", tmp_path)
+    official, _, config, _ = load_model(path=path)
+    ours = load_network(str(path))
+    assert (config.emsize, config.nlayers, config.nhead) == (192, 12, 6)  # the published v2 classifier sizes
+    expected = convert_tabpfn_v2_state_dict(official.state_dict())
+    ours_state = ours.state_dict()
+    assert set(expected) <= set(ours_state)
+    assert all(torch.equal(expected[key], ours_state[key]) for key in expected)

@@ -17,7 +17,7 @@ from autogluon_tfm.__main__ import main
 from autogluon_tfm.checkpoints import load_network
 from autogluon_tfm.pretrain.evaluate import PretrainEvaluator, benchmark_loader, format_eval_table
 from autogluon_tfm.pretrain.plots import plot_loss, smooth
-from autogluon_tfm.pretrain.trainer import PretrainConfig, PriorStream, pretrain, size_limits
+from autogluon_tfm.pretrain.trainer import PretrainConfig, PriorStream, pretrain, size_limits, spread_class_ids
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -178,3 +178,24 @@ def test_init_from_warm_starts_a_new_run_and_refuses_a_mismatched_network(tmp_pa
         pretrain(tiny(tmp_path, "bad", model="tabpfnv2-tiny", arch="tabpfn_v2", init_from=str(source)))
     with pytest.raises(ValueError, match="could not be loaded"):
         pretrain(tiny(tmp_path, "missing", init_from=str(tmp_path / "nope.ckpt")))
+
+
+def test_spread_class_ids_relabels_tables_to_random_distinct_ids():
+    y = torch.tensor([[0, 1, 2, 1, 0, 2]] * 400, dtype=torch.float32)
+    spread = spread_class_ids(y, 10, 1.0, torch.Generator().manual_seed(0))
+    assert spread.dtype == y.dtype and spread.shape == y.shape
+    for row in spread:  # the same partition of the rows, with three distinct ids
+        assert row[0] == row[4] and row[1] == row[3] and row[2] == row[5] and len(set(row[:3].tolist())) == 3
+    counts = torch.bincount(spread.long().flatten(), minlength=10)
+    assert counts.min() > 0.6 * counts.float().mean()  # every output id is used, roughly equally often
+    half = spread_class_ids(y, 10, 0.5, torch.Generator().manual_seed(1))
+    unchanged = (half == y).all(dim=1).float().mean().item()
+    assert 0.4 < unchanged < 0.65  # ~half keep their ids (plus the few identity draws among the rest)
+    assert torch.equal(spread_class_ids(y, 10, 0.0), y)
+
+
+def test_class_id_spread_option_trains_and_is_validated(tmp_path):
+    last = pretrain(tiny(tmp_path, steps=2, class_id_spread=1.0))
+    assert torch.load(last, map_location="cpu", weights_only=True)["pretrain_config"]["class_id_spread"] == 1.0
+    with pytest.raises(ValueError, match="class_id_spread"):
+        pretrain(tiny(tmp_path, "bad", class_id_spread=1.5))
