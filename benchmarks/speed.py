@@ -144,6 +144,8 @@ def _official_estimator(model: str, checkpoint: str, n_estimators: int, seed: in
 
         return TabICLClassifier(model_path=checkpoint, device="cpu", n_estimators=n_estimators, random_state=seed)
     if model == "tabpfnv2":
+        # tabpfn refuses > 1,000 training rows on CPU unless told otherwise (read when tabpfn is first imported).
+        os.environ.setdefault("TABPFN_ALLOW_CPU_LARGE_DATASET", "1")
         from tabpfn import TabPFNClassifier
 
         return TabPFNClassifier(model_path=checkpoint, device="cpu", n_estimators=n_estimators, random_state=seed)
