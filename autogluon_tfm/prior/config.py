@@ -183,6 +183,8 @@ PRIOR_CONFIGS: dict[str, PriorConfig] = {
     "scm_only": PriorConfig(name="scm_only", p_tree=0.0),
     "tree_only": PriorConfig(name="tree_only", p_tree=1.0),
     "tabicl_mix_learnable": PriorConfig(name="tabicl_mix_learnable", p_tree=0.3, min_learnability_gain=0.05),
+    # The SCM-only arm of the prior ablation (benchmarks/results/prior_ablation.md), with the same filter.
+    "scm_only_learnable": PriorConfig(name="scm_only_learnable", p_tree=0.0, min_learnability_gain=0.05),
     "tabicl_mix_regression": PriorConfig(name="tabicl_mix_regression", p_tree=0.3, task="regression"),
     # Mitra (seed 002) mixes SCM and tree-based priors 50/50.
     "mitra_mix_learnable": PriorConfig(name="mitra_mix_learnable", p_tree=0.5, min_learnability_gain=0.05),
