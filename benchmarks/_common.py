@@ -387,9 +387,13 @@ def run_benchmark(spec: Benchmark, args: argparse.Namespace) -> int:
             torch.set_num_threads(args.threads)
         except ImportError:
             pass  # recorded as TFM errors below
+    # Classification only: most classes one network call decides between (None: the estimator's "auto").
+    cap = getattr(args, "max_classes_per_call", None)
+    params = {} if cap is None else {"max_classes_per_call": cap}
     factories = {
         method: TFMFactory(
-            method, spec.task, getattr(args, f"checkpoint_{method}"), args.n_estimators, args.device, args.precision
+            method, spec.task, getattr(args, f"checkpoint_{method}"), args.n_estimators, args.device, args.precision,
+            params=params,
         )
         for method in TFM_METHODS
         if method in args.methods
@@ -544,6 +548,8 @@ def _tfm_settings(results: pd.DataFrame, args: argparse.Namespace, methods: list
     settings = "network loaded once, not timed"
     if any(method in TFM_METHODS for method in args.methods):
         settings = f"n_estimators={args.n_estimators}, device={args.device!r}, {settings}"
+        if getattr(args, "max_classes_per_call", None) is not None:
+            settings = f"max_classes_per_call={args.max_classes_per_call!r}, {settings}"
     return f" | TFMs ({settings}), checkpoints: " + ", ".join(parts)
 
 
@@ -592,6 +598,10 @@ def _split_list(values: list[str] | None) -> list[str] | None:
     return [item for value in values for item in value.split(",") if item]
 
 
+def _classes_per_call(text: str) -> int | str:
+    return text if text == "auto" else int(text)
+
+
 def parse_args(spec: Benchmark, description: str, argv: list[str] | None = None) -> argparse.Namespace:
     from benchmarks.datasets import dev_datasets
 
@@ -622,6 +632,12 @@ def parse_args(spec: Benchmark, description: str, argv: list[str] | None = None)
             help=f"{TFM_LABELS[model]} {spec.task} checkpoint: 'default', a shipped name, a path, or {tiny_help}",
         )
     parser.add_argument("--n-estimators", type=int, default=8, help="ensemble members of the TFMs")
+    if spec.task != "regression":
+        parser.add_argument(
+            "--max-classes-per-call", type=_classes_per_call, default=None,
+            help="TFMClassifier max_classes_per_call for the TFMs: 'auto' or an integer >= 2 (default: the "
+            "estimator's default, 'auto')",
+        )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--threads", type=int, default=1, help="torch / BLAS / LightGBM / RF threads")

@@ -287,6 +287,9 @@ def test_bad_training_input_raises(tiny_network, X, y, message):
         ({"feat_shuffle": "sideways"}, "sideways"),
         ({"precision": "int8"}, "int8"),
         ({"softmax_temperature": 0.0}, "softmax_temperature"),
+        ({"max_classes_per_call": 1}, "max_classes_per_call"),
+        ({"max_classes_per_call": "two"}, "max_classes_per_call"),
+        ({"max_classes_per_call": 11}, "max_classes_per_call=11 exceeds"),
         ({"device": "cuda:0" if not torch.cuda.is_available() else "nonsense"}, "device|CUDA"),
     ],
 )
@@ -353,6 +356,34 @@ def test_more_classes_than_network_supports(n_classes):
     assert oracle.n_forward_calls == 2 * clf.class_tree_.count_nodes()  # one call per tree node and member
     by_proba = make_classifier(oracle, n_estimators=2, average_logits=False).fit(X, labels)
     np.testing.assert_array_equal(by_proba.predict(X), labels)
+
+
+def test_max_classes_per_call_splits_the_decision_and_auto_follows_the_weights(tmp_path):
+    from autogluon_tfm.checkpoints import load_network, save_network
+
+    rng = np.random.default_rng(3)
+    y = np.repeat(np.arange(5), 4)
+    X = pd.DataFrame({"signal": y + rng.normal(scale=0.05, size=len(y))})
+    oracle = NearestNeighbourOracle()
+    clf = make_classifier(oracle, n_estimators=2, max_classes_per_call=2).fit(X, y)
+    assert clf.max_classes_per_call_ == 2 and clf.class_tree_ is not None
+    nodes, stack = [], [clf.class_tree_]
+    while stack:
+        node = stack.pop()
+        nodes.append(node)
+        stack.extend(node.children)
+    assert all(len(node.children) <= 2 for node in nodes)
+    assert all(len(leaf.classes) <= 2 for leaf in clf.class_tree_.leaves())
+    oracle.n_forward_calls = 0
+    np.testing.assert_array_equal(clf.predict(X), y)
+    assert oracle.n_forward_calls > 2  # several binary calls per member instead of one 5-way call
+    # "auto": the network's recommendation (shipped weights' card), else its max_classes.
+    assert make_classifier(oracle).fit(X, y).max_classes_per_call_ == 10
+    oracle.inference_defaults = {"max_classes_per_call": 3}
+    auto = make_classifier(oracle).fit(X, y)
+    assert auto.max_classes_per_call_ == 3 and auto.class_tree_ is not None
+    assert load_network("tabicl-clf-small").inference_defaults == {"max_classes_per_call": 2}
+    assert load_network(save_network(make_tiny_network(), tmp_path / "w.safetensors")).inference_defaults == {}
 
 
 def test_many_classes_with_real_network_is_a_distribution(tiny_network):

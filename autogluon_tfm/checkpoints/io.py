@@ -251,6 +251,10 @@ def _load_safetensors(path: Path) -> nn.Module:
     net = _build(meta["arch"], json.loads(meta["config"]))
     state = {k: v.float() for k, v in load_file(str(path)).items()}
     net.load_state_dict(state, strict=True)
+    # Inference settings the weights were measured best with (e.g. max_classes_per_call); estimators read them for
+    # their "auto" defaults.
+    card = path.with_suffix(".json")
+    net.inference_defaults = dict(json.loads(card.read_text()).get("inference_defaults", {})) if card.exists() else {}
     return net
 
 

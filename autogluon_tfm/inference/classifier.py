@@ -53,6 +53,10 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
         outlier_threshold: soft-clip features beyond this many standard deviations.
         softmax_temperature: probabilities are ``softmax(averaged logits / softmax_temperature)``.
         average_logits: average members' logits (True) or their probabilities (False).
+        max_classes_per_call: most classes one network call decides between (2..the network's ``max_classes``).
+            More classes go through a class tree (hierarchical prediction) whose nodes have at most this many
+            groups. ``"auto"``: the value the weights' card recommends (``inference_defaults``; the shipped TabICL
+            weights are far better at few-way decisions), else the network's ``max_classes``.
         batch_size: ensemble members per network call.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, or a ``torch.device``.
         precision: ``"auto"`` (bf16 autocast on CUDA, fp32 on CPU), ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast).
@@ -63,13 +67,13 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
             :class:`~autogluon_tfm.inference.base.InContextEstimator`).
 
     Finetuning early-stops on the log loss of the ensemble prediction on the validation rows. ``classes_`` come from
-    ``y`` only; validation rows with other labels are ignored. With more classes than the network's ``max_classes``
+    ``y`` only; validation rows with other labels are ignored. With more classes than ``max_classes_per_call_``
     (hierarchical prediction), each step trains one node of the class tree (group or class labels of that node's
-    rows, at most ``max_classes`` of them), and validation scores the hierarchical prediction.
+    rows, at most ``max_classes_per_call_`` of them), and validation scores the hierarchical prediction.
 
     Fitted attributes: ``classes_``, ``n_classes_``, ``n_features_in_``, ``feature_names_in_`` (DataFrame input),
     ``encoder_``, ``preprocessor_``, ``members_``, ``network_``, ``checkpoint_path_``, ``device_``, ``precision_``,
-    ``y_train_``, ``class_tree_`` (None unless there are more classes than the network's ``max_classes``),
+    ``y_train_``, ``max_classes_per_call_``, ``class_tree_`` (None unless there are more classes than that),
     ``fine_tune_report_`` (a :class:`autogluon_tfm.finetune.FinetuneReport`, or None without finetuning).
     """
 
@@ -93,6 +97,7 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
         outlier_threshold: float = 4.0,
         softmax_temperature: float = 0.9,
         average_logits: bool = True,
+        max_classes_per_call: int | str = "auto",
         batch_size: int = 8,
         device: str | torch.device = "auto",
         precision: str = "auto",
@@ -117,6 +122,7 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
         self.outlier_threshold = outlier_threshold
         self.softmax_temperature = softmax_temperature
         self.average_logits = average_logits
+        self.max_classes_per_call = max_classes_per_call
         self.batch_size = batch_size
         self.device = device
         self.precision = precision
@@ -137,6 +143,9 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
         norm_methods = self._validate_common_params()  # shared with TFMRegressor (inference/base.py)
         if not self.softmax_temperature > 0:
             raise ValueError(f"softmax_temperature must be > 0, got {self.softmax_temperature!r}.")
+        cap = self.max_classes_per_call
+        if cap != "auto" and (isinstance(cap, bool) or not isinstance(cap, (int, np.integer)) or cap < 2):
+            raise ValueError(f"max_classes_per_call must be 'auto' or an integer >= 2, got {cap!r}.")
         self._validate_fine_tune_params()
         return norm_methods
 
@@ -234,9 +243,9 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
                 f"The network from checkpoint {self.checkpoint_path_!r} is not a classifier "
                 f"(max_classes={max_classes}); use a classification checkpoint."
             )
-        self.class_tree_ = (
-            build_class_tree(range(self.n_classes_), max_classes) if self.n_classes_ > max_classes else None
-        )
+        self.max_classes_per_call_ = self._resolve_max_classes_per_call(max_classes)
+        cap = self.max_classes_per_call_
+        self.class_tree_ = build_class_tree(range(self.n_classes_), cap) if self.n_classes_ > cap else None
         self.fine_tune_report_ = None
         if self.fine_tune is not None:
             self._run_fine_tune(label_encoder, X_val, y_val, seed, fit_start)
@@ -254,6 +263,24 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
             self.checkpoint_path_,
         )
         return self
+
+    def _resolve_max_classes_per_call(self, max_classes: int) -> int:
+        """``max_classes_per_call`` as a number: ``"auto"`` reads the weights' recommendation (``inference_defaults``
+        of the card, set on the network by ``load_network``)."""
+        cap = self.max_classes_per_call
+        if cap == "auto":
+            recommended = (getattr(self.network_, "inference_defaults", None) or {}).get("max_classes_per_call")
+            return min(int(recommended), max_classes) if recommended else max_classes
+        if cap > max_classes:
+            raise ValueError(
+                f"max_classes_per_call={cap} exceeds what the network handles in one call (max_classes={max_classes}); "
+                f"use at most {max_classes}, or 'auto'."
+            )
+        return int(cap)
+
+    def _classes_per_call(self) -> int:
+        # Estimators pickled before max_classes_per_call existed decided between up to max_classes per call.
+        return int(getattr(self, "max_classes_per_call_", None) or self.network_.max_classes)
 
     def _run_fine_tune(
         self, label_encoder: LabelEncoder, X_val: Any, y_val: Any, seed: int | None, fit_start: float
@@ -284,7 +311,7 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
             n_classes=self.n_classes_,
             class_shift=bool(self.class_shift),
             softmax_temperature=self.softmax_temperature,
-            max_classes=int(self.network_.max_classes),
+            max_classes=self._classes_per_call(),
         )
         y_train = self.y_train_  # class ids: also the strata of an internal validation split
         self._fine_tune(y_train, y_train, validation, ClassificationFinetuneData, task_args, seed, fit_start)
@@ -409,7 +436,7 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
             y_member,
             n_classes=self.n_classes_,
             n_test=len(X_test),
-            max_classes=int(network.max_classes),
+            max_classes=self._classes_per_call(),
             softmax_temperature=self.softmax_temperature,
             tree=self.class_tree_,
         )[:, member.class_pattern]
