@@ -598,7 +598,7 @@ def _split_list(values: list[str] | None) -> list[str] | None:
     return [item for value in values for item in value.split(",") if item]
 
 
-def _classes_per_call(text: str) -> int | str:
+def _parse_classes_per_call(text: str) -> int | str:
     return text if text == "auto" else int(text)
 
 
@@ -634,7 +634,7 @@ def parse_args(spec: Benchmark, description: str, argv: list[str] | None = None)
     parser.add_argument("--n-estimators", type=int, default=8, help="ensemble members of the TFMs")
     if spec.task != "regression":
         parser.add_argument(
-            "--max-classes-per-call", type=_classes_per_call, default=None,
+            "--max-classes-per-call", type=_parse_classes_per_call, default=None,
             help="TFMClassifier max_classes_per_call for the TFMs: 'auto' or an integer >= 2 (default: the "
             "estimator's default, 'auto')",
         )

@@ -3,9 +3,9 @@
     OMP_NUM_THREADS=2 python -m benchmarks.speed --out benchmarks/results/speed.md --json benchmarks/results/speed.json
 
 Each architecture gets one random checkpoint in its official format with the official full-size configuration
-(tabicl v2 classifier ``.ckpt``; TabPFN v2 classifier ``.ckpt`` built by tabpfn's own v2 architecture code; Mitra directory with
-``config.json`` + ``model.safetensors``). Every (model, implementation, size) point runs in a fresh subprocess that
-loads the checkpoint, fits on ``rows`` synthetic training rows (``features`` standard-normal features, 3 classes
+(tabicl v2 classifier ``.ckpt``; TabPFN v2 classifier ``.ckpt`` built by tabpfn's own v2 architecture code;
+Mitra directory with ``config.json`` + ``model.safetensors``). Every (model, implementation, size) point runs in a
+fresh subprocess that loads the checkpoint, fits on ``rows`` synthetic training rows (``features`` standard-normal features, 3 classes
 from a random linear rule), predicts ``--n-test`` rows (timed: first predict), then another ``--n-test`` new rows
 (timed: repeated predict; ours keeps a train cache between the two) and reports the process's peak RSS. Both
 implementations use ``n_estimators`` members and the same ``random_state``; ours runs at its default precision

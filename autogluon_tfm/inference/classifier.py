@@ -243,8 +243,7 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
                 f"The network from checkpoint {self.checkpoint_path_!r} is not a classifier "
                 f"(max_classes={max_classes}); use a classification checkpoint."
             )
-        self.max_classes_per_call_ = self._resolve_max_classes_per_call(max_classes)
-        cap = self.max_classes_per_call_
+        cap = self.max_classes_per_call_ = self._resolve_max_classes_per_call(max_classes)
         self.class_tree_ = build_class_tree(range(self.n_classes_), cap) if self.n_classes_ > cap else None
         self.fine_tune_report_ = None
         if self.fine_tune is not None:
@@ -278,10 +277,6 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
             )
         return int(cap)
 
-    def _classes_per_call(self) -> int:
-        # Estimators pickled before max_classes_per_call existed decided between up to max_classes per call.
-        return int(getattr(self, "max_classes_per_call_", None) or self.network_.max_classes)
-
     def _run_fine_tune(
         self, label_encoder: LabelEncoder, X_val: Any, y_val: Any, seed: int | None, fit_start: float
     ) -> None:
@@ -311,7 +306,7 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
             n_classes=self.n_classes_,
             class_shift=bool(self.class_shift),
             softmax_temperature=self.softmax_temperature,
-            max_classes=self._classes_per_call(),
+            max_classes=self.max_classes_per_call_,
         )
         y_train = self.y_train_  # class ids: also the strata of an internal validation split
         self._fine_tune(y_train, y_train, validation, ClassificationFinetuneData, task_args, seed, fit_start)
@@ -436,7 +431,7 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
             y_member,
             n_classes=self.n_classes_,
             n_test=len(X_test),
-            max_classes=self._classes_per_call(),
+            max_classes=self.max_classes_per_call_,
             softmax_temperature=self.softmax_temperature,
             tree=self.class_tree_,
         )[:, member.class_pattern]
