@@ -42,11 +42,15 @@ def test_estimates_grow_with_rows_features_and_members(model_cls):
     assert base > TFMBaseModel._MEMORY_OVERHEAD_BYTES + model_cls.network_bytes_estimate
     assert _ram(model_cls, n_rows=4000) > base
     assert _ram(model_cls, n_features=80) > base
-    # Members run per normalisation method, `batch_size` at a time: 16 members = 8 per call instead of 4.
-    assert _ram(model_cls, n_estimators=16) > base
-    assert _ram(model_cls, n_estimators=16, batch_size=2) < _ram(model_cls, n_estimators=16)
-    for key, value in {"n_rows": 4000, "n_features": 80, "n_estimators": 16}.items():
+    # Members run per normalisation method, `batch_size` at a time: 16 members = 8 per call instead of 4. (On a
+    # small table, where TabPFN v2's and Mitra's kept key/value caches fit the budget whatever the members: with
+    # 8 Mitra members per call at 1,000 x 20 they would not, and the estimators then keep none.)
+    small = _ram(model_cls, n_rows=200)
+    assert _ram(model_cls, n_rows=200, n_estimators=16) > small
+    assert _ram(model_cls, n_rows=200, n_estimators=16, batch_size=2) < _ram(model_cls, n_rows=200, n_estimators=16)
+    for key, value in {"n_rows": 4000, "n_features": 80}.items():
         assert _gpu(model_cls, **{key: value}) > _gpu(model_cls)
+    assert _gpu(model_cls, n_rows=200, n_estimators=16) > _gpu(model_cls, n_rows=200)
 
 
 @pytest.mark.parametrize("model_cls", MODELS)
@@ -123,13 +127,28 @@ def test_autogluon_sees_both_estimates():
 
 def test_measured_peak_stays_below_the_estimate(monkeypatch):
     """A mid-size point where activations dominate (~10 s): the official-width TabPFNv2 with one block (same
-    working memory as the full network) on 500 + 500 rows x 50 features, 8 members, in a fresh process."""
+    working memory as the full network) on 1,000 + 500 rows x 50 features, 8 members, in a fresh process (the
+    training rows run alone, then the test rows against their cached keys/values)."""
     for name, value in subprocess_env().items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    result = memory.measure("tabpfnv2", "1-block", 500, 50, 500, 8, "cpu")
+    result = memory.measure("tabpfnv2", "1-block", 1000, 50, 500, 8, "cpu")
     peak = memory.full_depth_peak(result)
-    estimate = memory.estimate_bytes("tabpfnv2", 500, 50, 500, 8)
+    estimate = memory.estimate_bytes("tabpfnv2", 1000, 50, 500, 8)
     fixed = TFMBaseModel._MEMORY_OVERHEAD_BYTES + TabPFNv2Model.network_bytes_estimate
     assert estimate - fixed > 0.5 * estimate  # the activation term, not the fixed overhead, is what is tested
     assert peak <= estimate <= 2 * peak, (peak / 2**20, estimate / 2**20)
+
+
+def test_kept_key_value_caches_count_only_when_the_estimator_keeps_them():
+    from autogluon_tfm.inference.base import InContextEstimator, train_cache_budget
+
+    assert TabICLModel._kept_kv_cache_bytes(1000, 20, {}) == 0  # TabICL's caches are in its own memory plan
+    kept = TabPFNv2Model._kept_kv_cache_bytes(1000, 11, {"n_estimators": 8})
+    assert kept == 8 * 4 * 1000 * 11 * 4 * 192  # first-head keys/values, 12 blocks, 8 members
+    # Mitra keeps every head's keys/values: capped by the cache budget, and none when one call's would not fit.
+    assert MitraModel._kept_kv_cache_bytes(1000, 21, {"n_estimators": 8, "batch_size": 1}) == min(
+        8 * 4 * 1000 * 21 * 24 * 512, train_cache_budget(InContextEstimator.train_cache_max_bytes)
+    )
+    assert MitraModel._kept_kv_cache_bytes(1000, 21, {"n_estimators": 8, "batch_size": 8}) == 0
+

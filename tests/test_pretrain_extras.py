@@ -17,7 +17,17 @@ from autogluon_tfm.__main__ import main
 from autogluon_tfm.checkpoints import load_network
 from autogluon_tfm.pretrain.evaluate import PretrainEvaluator, benchmark_loader, format_eval_table
 from autogluon_tfm.pretrain.plots import plot_loss, smooth
-from autogluon_tfm.pretrain.trainer import PretrainConfig, PriorStream, pretrain, size_limits, spread_class_ids
+from autogluon_tfm.pretrain.trainer import (
+    REGRESSION_TARGET_CLAMP,
+    PretrainConfig,
+    PriorStream,
+    build_network,
+    pretrain,
+    size_limits,
+    spread_class_ids,
+    task_loss,
+)
+from autogluon_tfm.prior.sampler import PriorBatch
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -178,6 +188,41 @@ def test_init_from_warm_starts_a_new_run_and_refuses_a_mismatched_network(tmp_pa
         pretrain(tiny(tmp_path, "bad", model="tabpfnv2-tiny", arch="tabpfn_v2", init_from=str(source)))
     with pytest.raises(ValueError, match="could not be loaded"):
         pretrain(tiny(tmp_path, "missing", init_from=str(tmp_path / "nope.ckpt")))
+
+
+@pytest.mark.parametrize("arch", ["tabpfn_v2", "mitra"])
+def test_init_from_a_classifier_warm_starts_a_regression_run_except_its_task_ends(tmp_path, arch):
+    model = {"tabpfn_v2": "tabpfnv2-tiny", "mitra": "mitra-tiny"}[arch]
+    common = dict(arch=arch, model=model, steps=1, lr=1e-6)
+    source = load_network(str(pretrain(tiny(tmp_path, "source", **common)))).state_dict()
+    regression = dict(common, task="regression", prior="tabicl_mix_regression")
+    warm = load_network(str(pretrain(tiny(tmp_path, "warm", init_from=str(tmp_path / "source" / "last.ckpt"),
+                                          **regression)))).state_dict()
+    cold = load_network(str(pretrain(tiny(tmp_path, "cold", seed=7, **regression)))).state_dict()
+    shared = [k for k in warm if k in source and source[k].shape == warm[k].shape]
+    fresh = [k for k in warm if k not in shared]
+    assert fresh and len(shared) >= 0.8 * len(warm)  # only the label embedding / head / borders are task-specific
+    for name in shared:  # one step at lr 1e-6 from the classifier's weights
+        assert torch.allclose(warm[name].float(), source[name].float(), atol=1e-4), name
+    assert any(not torch.allclose(cold[k].float(), source[k].float(), atol=1e-2) for k in shared)
+
+
+def test_regression_loss_targets_are_clamped_so_one_degenerate_table_cannot_dominate():
+    # TabICL: z-scored targets and a pinball loss, so "10 training deviations out" is exactly the clamp.
+    net = build_network(tiny(Path("unused"), task="regression", prior="tabicl_mix_regression"))
+    generator = torch.Generator().manual_seed(0)
+    X = torch.randn(2, 12, 3, generator=generator)
+    y = torch.randn(2, 12, generator=generator)
+    batch = lambda y: PriorBatch(X=X, y=y, n_train=8, d=torch.tensor([3, 3]), n_classes=torch.zeros(2))  # noqa: E731
+    far, at_clamp = y.clone(), y.clone()
+    std = y[0, :8].std(unbiased=False)
+    far[0, 10] = y[0, :8].mean() + 1e6 * std  # a test target a million training deviations out
+    at_clamp[0, 10] = y[0, :8].mean() + REGRESSION_TARGET_CLAMP * std
+    with torch.no_grad():
+        loss_far = task_loss(net, batch(far), "cpu", "regression").item()
+        loss_clamped = task_loss(net, batch(at_clamp), "cpu", "regression").item()
+    assert math.isfinite(loss_far) and loss_far < 1e3
+    assert loss_far == pytest.approx(loss_clamped, rel=1e-3)
 
 
 def test_spread_class_ids_relabels_tables_to_random_distinct_ids():

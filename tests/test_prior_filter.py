@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from autogluon_tfm.prior import PriorSampler
-from autogluon_tfm.prior.filters import learnability_gain
+from autogluon_tfm.prior.filters import learnability_gain, regression_learnability_gain
 
 
 def test_filter_detects_signal_and_noise():
@@ -28,3 +28,28 @@ def test_filtered_prior_is_more_learnable_than_unfiltered():
         return float(np.median(gains))
 
     assert median_gain("tabicl_mix_learnable") > median_gain("tabicl_mix") + 0.02
+
+
+def test_regression_filter_detects_signal_and_noise():
+    gen = torch.Generator().manual_seed(0)
+    X = torch.randn(400, 3, generator=gen)
+    signal = X[:, 0] ** 2 + 0.1 * torch.randn(400, generator=gen)
+    noise = torch.randn(400, generator=gen)
+    assert regression_learnability_gain(X, signal, 300, seed=0) > 0.5
+    assert regression_learnability_gain(X, noise, 300, seed=0) < 0.1
+    assert regression_learnability_gain(X, torch.ones(400), 300, seed=0) == 0.0  # constant target: no gain
+
+
+def test_filtered_regression_prior_is_more_learnable_than_unfiltered():
+    def median_r2(name: str) -> float:
+        sampler = PriorSampler(name, seed=11)
+        gains = []
+        for _ in range(3):
+            batch = sampler.sample_batch(6, 200, n_features=6, max_features=6, n_train=120)
+            gains += [regression_learnability_gain(batch.X[i, :, : batch.d[i]], batch.y[i], 120, seed=1)
+                      for i in range(6)]
+        return float(np.median(gains))
+
+    # Measured (64 tables of 256 rows): extra-trees test R2 median -0.02 unfiltered, 0.42 filtered.
+    assert median_r2("tabicl_mix_regression_learnable") > median_r2("tabicl_mix_regression") + 0.15
+

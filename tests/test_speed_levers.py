@@ -261,3 +261,116 @@ def test_prediction_that_cannot_fit_in_ram_raises_a_clear_memory_error(arch, mon
     monkeypatch.setattr(base, "_available_memory_bytes", lambda: 64 * 1024**3)
     assert clf.predict_proba(X[100:]).shape == (20, len(np.unique(y[:100])))
     np.testing.assert_array_equal(X, X_before)
+
+
+# ---------------------------------------------------------------------------------------- TabPFN v2 train cache
+def _tabpfn_table(seed: int, n_train: int = 40, n_test: int = 25, n_features: int = 7):
+    generator = torch.Generator().manual_seed(seed)
+    X = torch.randn(3, n_train + n_test, n_features, generator=generator)
+    X[:, :, 2] = 1.5  # constant over all rows
+    X[0, 5, 4] = float("nan")  # missing cells in training and test rows
+    X[1, n_train + 3, 0] = float("nan")
+    X[2, :, 6] = torch.where(torch.arange(n_train + n_test) % 2 == 0, float("nan"), 0.7)  # NaN or one value
+    return X
+
+
+@pytest.mark.parametrize("max_classes", [10, 0])
+def test_tabpfn_v2_kv_cache_gives_the_forward_outputs(max_classes):
+    from autogluon_tfm.nn.tabpfn_v2 import TabPFNv2
+
+    torch.manual_seed(0)
+    net = TabPFNv2(max_classes=max_classes, num_buckets=16, embed_dim=16, nhead=4, num_blocks=2).eval()
+    for block in net.blocks:  # non-zero residual branches, so every stage matters
+        torch.nn.init.normal_(block.feature_attn.out_proj.weight, std=0.2)
+        torch.nn.init.normal_(block.item_block.attn.out_proj.weight, std=0.2)
+        torch.nn.init.normal_(block.item_block.linear2.weight, std=0.2)
+    X = _tabpfn_table(0)
+    n = 40
+    y = torch.randint(0, 3, (3, n)).float() if max_classes else torch.randn(3, n)
+    with torch.no_grad():
+        expected = net(X, y)
+        cache = net.build_kv_cache(X[:, :n], y)
+        calls = []
+        net.forward = lambda *a, **k: calls.append(1) or type(net).forward(net, *a, **k)
+        got = torch.cat([net.forward_with_kv_cache(X[:, n + i : n + i + 10], cache) for i in (0, 10, 20)], dim=1)
+        assert not calls  # test rows only: no full call
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+        assert expected.std(dim=1).max() > 1e-3
+        # The first head's keys/values of every block are a num_heads-th of the full ones.
+        assert len(cache.kv) == 2 and cache.kv[0][0].shape == (3 * 5, 1, n, 4)
+
+        # A feature constant over the training rows that varies in the test rows: the network falls back to the
+        # full call, whose constancy check sees all rows.
+        X_new = X.clone()
+        X_new[1, n + 2, 2] = -3.0
+        reference = net(X_new, y)
+        assert not torch.allclose(reference, expected)
+        calls.clear()
+        torch.testing.assert_close(net.forward_with_kv_cache(X_new[:, n:], cache), reference, atol=1e-5, rtol=1e-5)
+        assert calls == [1]
+        with pytest.raises(ValueError, match="does not match the cached training rows"):
+            net.forward_with_kv_cache(X[:2, n:], cache)
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_mitra_kv_cache_gives_the_forward_outputs(task):
+    from autogluon_tfm.nn.mitra import Mitra
+
+    torch.manual_seed(0)
+    net = Mitra(dim=16, dim_output=10 if task == "classification" else 1, n_layers=2, n_heads=4, task=task).eval()
+    generator = torch.Generator().manual_seed(1)
+    X = torch.randn(3, 65, 6, generator=generator)
+    X[:, :, 2] = 0.5  # constant
+    X[:, 40:, 3] = 9.0  # beyond every training quantile
+    y = torch.randint(0, 3, (3, 40), generator=generator).float() if task == "classification" else torch.rand(3, 40)
+    with torch.no_grad():
+        expected = net(X, y)
+        cache = net.build_kv_cache(X[:, :40], y)
+        got = torch.cat([net.forward_with_kv_cache(X[:, start : start + 10], cache) for start in (40, 50, 60)], 1)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+        assert expected.std(dim=1).max() > 1e-3
+        assert len(cache.kv) == 2 and cache.kv[0][0].shape == (3 * 7, 4, 40, 4)  # 6 features + the label token
+        with pytest.raises(ValueError, match="does not match the cached training rows"):
+            net.forward_with_kv_cache(X[:, 40:, :5], cache)
+
+
+@pytest.mark.parametrize("arch", ["tabpfn_v2", "mitra"])
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_kv_cached_estimators_reuse_the_cache_and_match_the_uncached_path(arch, task, monkeypatch):
+    import autogluon_tfm.inference.base as inference_base
+
+    net = make_tiny_network(arch, task, seed=0)
+    X, y = _table(130)
+    estimator_cls = TFMClassifier if task == "classification" else TFMRegressor
+    target = y if task == "classification" else X[:, 0] - X[:, 1]
+    params = dict(model={"tabpfn_v2": "tabpfnv2", "mitra": "mitra"}[arch], checkpoint=net, device="cpu", precision="fp32", n_estimators=4, batch_size=2)
+    cached = estimator_cls(**params).fit(X[:90], target[:90])
+    predict = cached.predict_proba if task == "classification" else cached.predict
+    first = predict(X[90:110])
+    assert len(cached.train_cache_) >= 2  # kept for the next prediction
+    calls = []
+    original = net.build_kv_cache
+    net.build_kv_cache = lambda *a, **k: calls.append(1) or original(*a, **k)
+    second = predict(X[110:])
+    del net.build_kv_cache
+    assert not calls  # the repeated predict ran the test rows only
+
+    monkeypatch.setattr(inference_base, "supports_kv_cache", lambda network: False)
+    plain = estimator_cls(**params).fit(X[:90], target[:90])
+    plain_predict = plain.predict_proba if task == "classification" else plain.predict
+    np.testing.assert_allclose(first, plain_predict(X[90:110]), atol=1e-5)
+    np.testing.assert_allclose(second, plain_predict(X[110:]), atol=1e-5)
+    assert not plain.__dict__.get("train_cache_")  # the generic path keeps nothing
+
+
+def test_kv_cache_is_skipped_when_it_would_not_fit_the_memory_budget():
+    net = make_tiny_network("mitra", "classification", seed=0)
+    X, y = _table(100)
+    params = dict(model="mitra", checkpoint=net, device="cpu", precision="fp32", n_estimators=2)
+    reference = TFMClassifier(**params).fit(X[:70], y[:70])
+    expected = reference.predict_proba(X[70:])
+    assert reference.train_cache_  # the tiny network's cache fits
+    tight = TFMClassifier(**params).fit(X[:70], y[:70])
+    tight.memory_budget_bytes = net.kv_cache_nbytes(1, 70, 5) - 1  # one member per call
+    np.testing.assert_allclose(tight.predict_proba(X[70:]), expected, atol=1e-5)
+    assert not tight.__dict__.get("train_cache_")  # the whole-table path ran

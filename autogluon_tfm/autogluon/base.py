@@ -144,6 +144,8 @@ class TFMBaseModel(AbstractTorchModel):
     extra_tokens_per_row: int = 1
     #: Transformer blocks whose activations a finetuning step keeps for the backward pass (per-token blocks only).
     num_blocks_estimate: int = 12
+    #: Embedding-wide fp32 vectors per training-row token of a kept key/value cache (0: no such cache).
+    kv_cache_vectors_per_token: float = 0.0
 
     # The shipped networks are small and built for CPU use; AutoGluon's "GPU strongly recommended" warning (meant
     # for full-size official checkpoints) would mislead here. A GPU is still used by default when present.
@@ -440,14 +442,33 @@ class TFMBaseModel(AbstractTorchModel):
                 n_members, rows, tokens_per_row, cls.embedding_dim_estimate, cls.activation_vectors_per_token
             )
 
-        inference = activations(cls._members_per_call(hyperparameters), n_rows + n_test)
+        members = cls._members_per_call(hyperparameters)
+        kept_caches = cls._kept_kv_cache_bytes(n_rows, tokens_per_row, hyperparameters)
+        if kept_caches:  # training rows alone, then test rows against their cached keys/values
+            inference = max(activations(members, n_rows), activations(members, n_test))
+        else:  # training and test rows in one call
+            inference = activations(members, n_rows + n_test)
         fine_tune = 0.0
         if hyperparameters.get("fine_tune") is not None:
             step_rows = min(n_rows, cls._FINE_TUNE_ROWS_PER_STEP)
             fine_tune = cls._FINE_TUNE_NETWORK_COPIES * cls.network_bytes_estimate + cls._MEMORY_SAFETY_FACTOR * (
                 activations(1, step_rows) * cls.num_blocks_estimate
             )
-        return int(cls._MEMORY_SAFETY_FACTOR * inference), int(fine_tune)
+        return int(cls._MEMORY_SAFETY_FACTOR * inference) + kept_caches, int(fine_tune)
+
+    @classmethod
+    def _kept_kv_cache_bytes(cls, n_rows: int, tokens_per_row: int, hyperparameters: dict) -> int:
+        """Training-row keys/values the estimator keeps between predictions (TabPFN v2, Mitra): every member's,
+        within the cache budget, when one call's caches fit ``memory_budget_bytes`` (else none are built)."""
+        if not cls.kv_cache_vectors_per_token:
+            return 0
+        from autogluon_tfm.inference.base import InContextEstimator, train_cache_budget
+
+        per_member = int(4 * n_rows * tokens_per_row * cls.kv_cache_vectors_per_token * cls.embedding_dim_estimate)
+        if cls._members_per_call(hyperparameters) * per_member > InContextEstimator.memory_budget_bytes:
+            return 0
+        n_members = int(hyperparameters.get("n_estimators", 8))
+        return min(n_members * per_member, train_cache_budget(InContextEstimator.train_cache_max_bytes))
 
     @staticmethod
     def _members_per_call(hyperparameters: dict, max_by_memory: int | None = None) -> int:

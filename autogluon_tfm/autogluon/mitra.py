@@ -35,6 +35,7 @@ class MitraModel(TFMBaseModel):
     features_per_token = 1
     extra_tokens_per_row = 1
     num_blocks_estimate = 24  # 12 layers of two attention blocks (across rows, across features)
+    kv_cache_vectors_per_token = 24.0  # keys + values of every head (2 x dim) in each of 12 layers
     # Attention over every cell: memory and time grow with rows x features (the official limits of the architecture).
     _default_auxiliary_params_extra = limits(max_rows=10_000, max_features=500)
     _supported_problem_types = ["binary", "multiclass", "regression"]

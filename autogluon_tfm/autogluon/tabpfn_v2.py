@@ -34,5 +34,6 @@ class TabPFNv2Model(TFMBaseModel):
     features_per_token = 2
     extra_tokens_per_row = 1
     num_blocks_estimate = 12
+    kv_cache_vectors_per_token = 4.0  # first-head keys + values (2 x 32 floats) per token in each of 12 blocks
     # Attention over every cell: memory and time grow with rows x features (the official limits of the architecture).
     _default_auxiliary_params_extra = limits(max_rows=10_000, max_features=500)

@@ -97,6 +97,13 @@ def supports_train_cache(network: torch.nn.Module) -> bool:
     return all(callable(getattr(network, name, None)) for name in ("build_train_cache", "forward_with_cache"))
 
 
+def supports_kv_cache(network: torch.nn.Module) -> bool:
+    """Whether ``network`` can keep its training rows' attention keys/values and then run only test rows
+    (``build_kv_cache`` / ``forward_with_kv_cache`` / ``kv_cache_nbytes`` of ``TabPFNv2`` and ``Mitra``)."""
+    names = ("build_kv_cache", "forward_with_kv_cache", "kv_cache_nbytes")
+    return all(callable(getattr(network, name, None)) for name in names)
+
+
 def _total_memory_bytes() -> int:
     try:
         import psutil
@@ -196,7 +203,8 @@ class InContextEstimator(BaseEstimator):
     # Test rows per network call; training rows are always all present. Bounds memory for large test sets.
     max_test_rows_per_forward: int = 50_000
     # Working memory one network call aims at (bytes). Networks with a train cache (TabICL) size member batches,
-    # column/row chunks and test chunks from it; others use ``batch_size`` and ``max_test_rows_per_forward``.
+    # column/row chunks and test chunks from it; others use ``batch_size`` and ``max_test_rows_per_forward``, and
+    # TabPFN v2 / Mitra keep their training rows' keys/values only when those fit in it.
     memory_budget_bytes: int = 4 * 1024**3
     # Train caches kept between predictions (bytes; None = a quarter of the machine's memory, at most 8 GiB).
     # A cache beyond the budget still serves the prediction that built it (all its test chunks), then is dropped.
@@ -506,11 +514,16 @@ class InContextEstimator(BaseEstimator):
         given, maps each chunk's ``(members, chunk, n_out)`` output to ``(members, chunk, k)`` before the chunks are
         joined, so wide outputs (thousands of logits per row) need not be kept for every test row.
 
-        A network with a train cache (TabICL) runs the training rows once per call and every test chunk against
-        the cache; with a ``cache_key`` the cache is kept for the next prediction (``train_cache_max_bytes``).
+        A network with a train cache (TabICL; TabPFN v2's key/value cache) runs the training rows once per call and
+        every test chunk against the cache; with a ``cache_key`` the cache is kept for the next prediction
+        (``train_cache_max_bytes``).
         """
         if supports_train_cache(network):
             return self._forward_cached(
+                network, X_train_batch, y_batch, X_test, feature_orders, progress, reduce, cache_key
+            )
+        if supports_kv_cache(network) and network.kv_cache_nbytes(*X_train_batch.shape) <= self.memory_budget_bytes:
+            return self._forward_kv_cached(
                 network, X_train_batch, y_batch, X_test, feature_orders, progress, reduce, cache_key
             )
         device = self.device_
@@ -551,6 +564,34 @@ class InContextEstimator(BaseEstimator):
                 output = network.forward_with_cache(test.to(self.device_), cache, **chunks).float().cpu().numpy()
                 outputs.append(output if reduce is None else reduce(output))
         progress.update(-(-len(X_test) // self.max_test_rows_per_forward))  # the units the caller counted
+        return np.concatenate(outputs, axis=1)
+
+    def _forward_kv_cached(
+        self, network: torch.nn.Module, X_train_batch: np.ndarray, y_batch: np.ndarray, X_test: np.ndarray,
+        feature_orders: Sequence[np.ndarray], progress: tqdm, reduce: Callable[[np.ndarray], np.ndarray] | None,
+        cache_key: Any,
+    ) -> np.ndarray:
+        """:meth:`_forward` for a network with a key/value cache (TabPFN v2): the training rows run once per call
+        (and, with a ``cache_key``, once per fit while the cache fits ``train_cache_max_bytes``), each test chunk
+        then reads their cached keys/values."""
+        device = self.device_
+        if device.type == "cpu":
+            self._check_whole_table_memory(network, X_train_batch.shape, min(len(X_test), self.max_test_rows_per_forward))
+        outputs = []
+        with torch.no_grad(), self._autocast():
+
+            def build():
+                train = torch.from_numpy(np.ascontiguousarray(X_train_batch, dtype=np.float32)).to(device)
+                labels = torch.from_numpy(np.ascontiguousarray(y_batch, dtype=np.float32)).to(device)
+                return network.build_kv_cache(train, labels)
+
+            cache = build() if cache_key is None else self._train_cache(network, ("kv", cache_key), build)
+            for start in range(0, len(X_test), self.max_test_rows_per_forward):
+                chunk = X_test[start : start + self.max_test_rows_per_forward]
+                test = torch.from_numpy(np.stack([chunk[:, order] for order in feature_orders]).astype(np.float32))
+                output = network.forward_with_kv_cache(test.to(device), cache).float().cpu().numpy()
+                outputs.append(output if reduce is None else reduce(output))
+                progress.update(1)
         return np.concatenate(outputs, axis=1)
 
     def _check_whole_table_memory(self, network: torch.nn.Module, train_shape: tuple, n_test: int) -> None:

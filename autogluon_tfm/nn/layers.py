@@ -140,8 +140,7 @@ class MultiheadAttention(nn.Module):
         n_queries, n_keys = query.shape[-2], key_value.shape[-2]
         q = self.q_proj(query).expand(*batch_shape, n_queries, self.dim)
         q = q.reshape(-1, n_queries, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(key_value).reshape(-1, n_keys, self.num_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(key_value).reshape(-1, n_keys, self.num_heads, self.head_dim).transpose(1, 2)
+        k, v = self.project_kv(key_value)
         if rope is not None:
             q, k = rope(q), rope(k)
         if self.ssmax_layer is not None:
@@ -163,6 +162,32 @@ class MultiheadAttention(nn.Module):
             )
         out = out.transpose(1, 2).reshape(*batch_shape, n_queries, self.dim)
         return self.out_proj(out)
+
+    def project_kv(self, key_value: Tensor) -> tuple[Tensor, Tensor]:
+        """``key_value`` (..., Lk, dim) -> keys and values ``(N, num_heads, Lk, head_dim)`` each, N = the product of
+        the leading dimensions: what a train cache keeps so that later queries skip these projections."""
+        n_keys = key_value.shape[-2]
+        k = self.k_proj(key_value).reshape(-1, n_keys, self.num_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(key_value).reshape(-1, n_keys, self.num_heads, self.head_dim).transpose(1, 2)
+        return k, v
+
+    def first_head_kv(self, key_value: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`project_kv` of the first head only, ``(N, 1, Lk, head_dim)`` each: all that multi-query readers
+        (:meth:`attend_kv` with ``first_head_only``) need, a ``num_heads``-th of the full keys/values."""
+        return tuple(t[:, :1].contiguous() for t in self.project_kv(key_value))
+
+    def attend_kv(self, query: Tensor, k: Tensor, v: Tensor, first_head_only: bool = False) -> Tensor:
+        """``forward(query, key_value)`` from keys/values precomputed by :meth:`project_kv` (``first_head_only``:
+        by :meth:`first_head_kv`, as ``forward(..., multiquery_from=0)``). No rope or padding mask."""
+        batch_shape, n_queries = query.shape[:-2], query.shape[-2]
+        q = self.q_proj(query).reshape(-1, n_queries, self.num_heads, self.head_dim).transpose(1, 2)
+        if self.ssmax_layer is not None:
+            q = self.ssmax_layer(q, k.shape[-2])
+        if first_head_only:
+            out = self._first_head_kv_attention(q, k, v, None)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)
+        return self.out_proj(out.transpose(1, 2).reshape(*batch_shape, n_queries, self.dim))
 
     @staticmethod
     def _first_head_kv_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
@@ -234,6 +259,20 @@ class AttentionBlock(nn.Module):
         if key_value is None:
             key_value = x if n_keys is None else x[..., :n_keys, :]
         x = self.norm1(x + self.dropout(self.attn(x, key_value, **attn_kwargs)))
+        return self.norm2(x + self._ff(x))
+
+    def cached_kv(self, key_value: Tensor, first_head_only: bool = False) -> tuple[Tensor, Tensor]:
+        """Keys/values of ``key_value`` (e.g. a table's training rows) for :meth:`forward_cached`, normalised as
+        :meth:`forward` normalises them."""
+        source = self.norm1(key_value) if self.norm_first else key_value
+        return self.attn.first_head_kv(source) if first_head_only else self.attn.project_kv(source)
+
+    def forward_cached(self, x: Tensor, k: Tensor, v: Tensor, first_head_only: bool = False) -> Tensor:
+        """``forward(x, key_value)`` (``multiquery_from=0`` with ``first_head_only``) from :meth:`cached_kv`."""
+        if self.norm_first:
+            x = x + self.dropout(self.attn.attend_kv(self.norm1(x), k, v, first_head_only))
+            return x + self._ff(self.norm2(x))
+        x = self.norm1(x + self.dropout(self.attn.attend_kv(x, k, v, first_head_only)))
         return self.norm2(x + self._ff(x))
 
 

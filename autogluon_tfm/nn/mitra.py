@@ -13,6 +13,9 @@ translates the official state-dict names to ours.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import NamedTuple
+
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
@@ -33,21 +36,55 @@ def quantile_embedding(X: Tensor, n_train: int) -> Tensor:
     (impute NaN before calling), as in the official preprocessing.
     """
     X = X.float()
-    support = X[:, :n_train]
-    levels = torch.arange(1, _N_QUANTILE_LEVELS + 1, dtype=torch.float32, device=X.device) / 1000
-    quantiles = torch.quantile(support, q=levels, dim=1)  # (999, B, H)
-    boundaries = quantiles.permute(1, 2, 0).contiguous()  # (B, H, 999): one sorted sequence per column
+    return _apply_quantiles(X, _quantile_state(X[:, :n_train]))
+
+
+class _QuantileState(NamedTuple):
+    """What the quantile embedding keeps of a table's training rows."""
+
+    boundaries: Tensor  # (B, H, 999): each column's quantiles, sorted
+    mean: Tensor  # (B, 1, H): mean quantile rank of the training rows
+    var: Tensor  # (B, 1, H): population variance of those ranks (0: constant column)
+    n_train: int
+
+
+def _quantile_ranks(X: Tensor, boundaries: Tensor, n_train: int) -> Tensor:
     # searchsorted(right=False) on the column's quantiles == the official per-column bucketize.
     ranks = torch.searchsorted(boundaries, X.transpose(1, 2).contiguous(), right=False)  # (B, H, T)
-    ranks = ranks.transpose(1, 2).float() / n_train  # (B, T, H)
-    support, query = ranks[:, :n_train], ranks[:, n_train:]
-    mean = support.sum(dim=1, keepdim=True) / n_train
-    support, query = support - mean, query - mean
-    var = (support**2).sum(dim=1, keepdim=True) / n_train
-    std = var.sqrt()
-    support, query = support / std, query / std
-    constant = var == 0
-    return torch.cat([support, query], dim=1).masked_fill(constant, 0.0)
+    return ranks.transpose(1, 2).float() / n_train  # (B, T, H)
+
+
+def _quantile_state(support: Tensor) -> _QuantileState:
+    """Training rows ``(B, n, H)`` -> their quantiles and rank statistics."""
+    levels = torch.arange(1, _N_QUANTILE_LEVELS + 1, dtype=torch.float32, device=support.device) / 1000
+    boundaries = torch.quantile(support, q=levels, dim=1).permute(1, 2, 0).contiguous()
+    n_train = support.shape[1]
+    ranks = _quantile_ranks(support, boundaries, n_train)
+    mean = ranks.sum(dim=1, keepdim=True) / n_train
+    var = ((ranks - mean) ** 2).sum(dim=1, keepdim=True) / n_train
+    return _QuantileState(boundaries, mean, var, n_train)
+
+
+def _apply_quantiles(X: Tensor, state: _QuantileState) -> Tensor:
+    """Any rows ``X`` (B, m, H) -> their standardised quantile ranks among the training rows of ``state``."""
+    ranks = _quantile_ranks(X, state.boundaries, state.n_train)
+    return ((ranks - state.mean) / state.var.sqrt()).masked_fill(state.var == 0, 0.0)
+
+
+@dataclass
+class MitraTrainCache:
+    """Everything test rows need from the training rows (see :meth:`Mitra.build_kv_cache`): the quantile state and,
+    per layer, the keys and values of the training rows in the attention across rows, ``(B*F, heads, n, dim/heads)``
+    each (F = features + the label token)."""
+
+    quantiles: _QuantileState
+    kv: list[tuple[Tensor, Tensor]]
+
+    @property
+    def nbytes(self) -> int:
+        tensors = [self.quantiles.boundaries, self.quantiles.mean, self.quantiles.var]
+        tensors += [t for pair in self.kv for t in pair]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
 
 class MitraLayer(nn.Module):
@@ -86,6 +123,17 @@ class MitraLayer(nn.Module):
                 mask = token_padding_mask[:, None, :].expand(-1, part.shape[1], -1)
             parts.append(self.across_features(part, key_padding_mask=mask))
         return torch.cat(parts, dim=1)
+
+    def forward_train(self, x: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """Training rows alone (they attend to training rows only): ``forward(x, n_train=all)`` and their keys and
+        values in the attention across rows, which is all that test rows read of them."""
+        kv = self.across_rows.cached_kv(x.transpose(1, 2))
+        return self(x, x.shape[1]), kv
+
+    def forward_test(self, x: Tensor, kv: tuple[Tensor, Tensor]) -> Tensor:
+        """Test rows ``x`` (B, m, F, dim) against cached training-row keys/values (see :meth:`forward_train`)."""
+        x = self.across_rows.forward_cached(x.transpose(1, 2), *kv).transpose(1, 2)
+        return self.across_features(x)
 
 
 class Mitra(nn.Module):
@@ -185,3 +233,42 @@ class Mitra(nn.Module):
             else:
                 x = layer(x, n_train, token_padding_mask, col_chunk, row_chunk)
         return self.head(self.final_norm(x[:, n_train:, 0]))
+
+    # ----------------------------------------------------------------------------------------------- train cache
+    def build_kv_cache(self, X_train: Tensor, y_train: Tensor) -> MitraTrainCache:
+        """Run the training rows ``X_train (B, n, H)`` once; :meth:`forward_with_kv_cache` then costs only test rows.
+
+        Exact: training rows never read test rows, and the quantile embedding takes its statistics from the
+        training rows only.
+        """
+        if X_train.ndim != 3 or y_train.shape != X_train.shape[:2]:
+            raise ValueError(f"Need X_train (B, n, H) and y_train (B, n); got {tuple(X_train.shape)} and "
+                             f"{tuple(y_train.shape)}")
+        quantiles = _quantile_state(X_train.float())
+        cells = self.x_embedding(_apply_quantiles(X_train.float(), quantiles).unsqueeze(-1))
+        x = torch.cat([self._embed_labels(y_train, 0).to(cells.dtype), cells], dim=2)
+        kv = []
+        for layer in self.layers:
+            x, layer_kv = layer.forward_train(x)
+            kv.append(layer_kv)
+        return MitraTrainCache(quantiles=quantiles, kv=kv)
+
+    def kv_cache_nbytes(self, n_tables: int, n_train: int, n_features: int) -> int:
+        """fp32 bytes of :meth:`build_kv_cache`'s keys/values for ``n_tables`` tables of ``n_train`` x
+        ``n_features``: every head's, 2 x dim per token and layer, more than a whole-table call's activations for
+        the full-size network (the estimators use the cache only when it fits their memory budget)."""
+        return 4 * n_tables * n_train * (n_features + 1) * 2 * self.config["dim"] * len(self.layers)
+
+    def forward_with_kv_cache(self, X_test: Tensor, cache: MitraTrainCache) -> Tensor:
+        """(B, m, H) test rows -> (B, m, n_out): ``forward(cat(X_train, X_test), y_train)`` of the cached rows."""
+        B, m, H = X_test.shape
+        if cache.quantiles.boundaries.shape[:2] != (B, H):
+            raise ValueError(f"X_test {tuple(X_test.shape)} does not match the cached training rows "
+                             f"({tuple(cache.quantiles.boundaries.shape[:2])} tables x features)")
+        cells = self.x_embedding(_apply_quantiles(X_test.float(), cache.quantiles).unsqueeze(-1))
+        labels = self.y_mask.expand(B, m, -1).to(cells.dtype).unsqueeze(2)
+        x = torch.cat([labels, cells], dim=2)
+        for layer, layer_kv in zip(self.layers, cache.kv):
+            x = layer.forward_test(x, layer_kv)
+        return self.head(self.final_norm(x[:, :, 0]))
+

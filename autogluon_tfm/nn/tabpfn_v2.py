@@ -15,6 +15,8 @@ loaded by :mod:`autogluon_tfm.checkpoints.tabpfn_v2` gives the same outputs. Att
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
@@ -44,18 +46,88 @@ def _indicators(x: Tensor) -> Tensor:
     ).to(x.dtype)
 
 
-def _impute_with_train_mean(x: Tensor, n_train: int) -> Tensor:
+def _finite_train_mean(x: Tensor, n_train: int) -> Tensor:
+    """Mean of the finite training cells of every column (dim 1 = rows), 0 where there are none: ``(N, 1, F)``."""
+    train = x[:, :n_train]
+    finite = torch.isfinite(train)
+    total = torch.where(finite, train, torch.zeros_like(train)).sum(1, keepdim=True)
+    return total / finite.sum(1, keepdim=True).clamp(min=1)
+
+
+def _impute_with_train_mean(x: Tensor, n_train: int, mean: Tensor | None = None) -> Tensor:
     """Replace NaN/inf cells (dim 1 = rows) by the mean of the finite training cells of their column (0 if none)."""
-    finite = torch.isfinite(x)
-    train_finite = finite[:, :n_train]
-    total = torch.where(train_finite, x[:, :n_train], torch.zeros_like(x[:, :n_train])).sum(1, keepdim=True)
-    mean = total / train_finite.sum(1, keepdim=True).clamp(min=1)
-    return torch.where(finite, x, mean)
+    mean = _finite_train_mean(x, n_train) if mean is None else mean
+    return torch.where(torch.isfinite(x), x, mean)
 
 
 def _non_constant(x: Tensor) -> Tensor:
     """True for columns (dim 1 = rows) whose values are not all equal to the first row's (NaN never equals)."""
     return ~(x[:, 1:] == x[:, :1]).all(dim=1)
+
+
+
+def _differs(x: Tensor, first: Tensor) -> Tensor:
+    """(N, m, F) rows vs (N, F) reference row -> (N, F): some row differs (NaN differs from everything)."""
+    return (x != first[:, None, :]).any(dim=1)
+
+
+def _arrange(x: Tensor, keep: Tensor) -> Tensor:
+    """Drop the features not in ``keep`` (BG, F) from their group: the kept ones move to the front (in order),
+    zeros fill the rest."""
+    order = torch.argsort((~keep).to(torch.int8), dim=-1, stable=True)
+    x = torch.gather(x, 2, order[:, None, :].expand(-1, x.shape[1], -1))
+    kept_slots = torch.arange(x.shape[-1], device=x.device)[None, :] < keep.sum(-1, keepdim=True)
+    return torch.where(kept_slots[:, None, :], x, torch.zeros_like(x))
+
+
+def _train_mean_std(x: Tensor, n_train: int) -> tuple[Tensor, Tensor]:
+    """Mean and (unbiased, 1 where 0) standard deviation of the training rows, ``(N, 1, F)`` each."""
+    train = x[:, :n_train]
+    mean = train.mean(1, keepdim=True)
+    var = (train - mean).square().sum(1, keepdim=True) / max(n_train - 1, 1)
+    std = var.sqrt() if n_train > 1 else torch.ones_like(var)
+    return mean, torch.where(std == 0, torch.ones_like(std), std)
+
+
+def _standardise(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    return ((x - mean) / (std + torch.finfo(std.dtype).eps)).clamp(-100, 100)
+
+
+def _scale_used(x: Tensor, used: Tensor) -> Tensor:
+    """Scale each group as if all its features were informative: sqrt(F / #used), zero for the unused ones."""
+    n_used = used.sum(-1, keepdim=True).clamp(min=1)
+    return torch.where(used[:, None, :], x * (x.shape[-1] / n_used[:, None, :]).sqrt(), torch.zeros_like(x))
+
+
+@dataclass
+class TabPFNv2TrainCache:
+    """Everything test rows need from the training rows (see :meth:`TabPFNv2.build_train_cache`).
+
+    ``kv``: per block, the first head's keys and values of the training rows' cells, ``(B*C, 1, n, head_dim)``
+    each (test rows read only these: multi-query attention). The rest is the preprocessing state of the training
+    rows: per table and feature group ``keep`` / ``used`` flags (B*G, F), imputation means and z-score statistics
+    (B*G, 1, F), their first row raw and preprocessed (to tell whether test rows change which features count as
+    constant), and the target token of test rows (B, 1, E). ``X_train`` / ``y_train`` serve the rare fallback.
+    """
+
+    X_train: Tensor
+    y_train: Tensor
+    keep: Tensor
+    used: Tensor
+    impute_mean: Tensor
+    mean: Tensor
+    std: Tensor
+    first_raw: Tensor
+    first_standardised: Tensor
+    test_target_token: Tensor
+    kv: list[tuple[Tensor, Tensor]]
+
+    @property
+    def nbytes(self) -> int:
+        tensors = [self.X_train, self.y_train, self.keep, self.used, self.impute_mean, self.mean, self.std,
+                   self.first_raw, self.first_standardised, self.test_target_token]
+        tensors += [t for pair in self.kv for t in pair]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
 
 class _TabPFNBlock(nn.Module):
@@ -75,12 +147,27 @@ class _TabPFNBlock(nn.Module):
         nn.init.zeros_(self.feature_attn.out_proj.weight)  # residual branches start as identity
         self.dropout = nn.Dropout(dropout)
 
+    def _feature_stage(self, x: Tensor, token_padding_mask: Tensor | None = None) -> Tensor:
+        """(B, T, C, E) -> (B, C, T, E): attention within every row, then every column as a sequence of cells."""
+        attended = self.feature_attn(x, x, key_padding_mask=token_padding_mask)
+        return self.feature_norm(x + self.dropout(attended)).transpose(1, 2)
+
     def forward(self, x: Tensor, n_train: int, token_padding_mask: Tensor | None = None) -> Tensor:
         """``x`` (B, T, C, E) with the first ``n_train`` rows for training; ``token_padding_mask`` (B, T, C)."""
-        attended = self.feature_attn(x, x, key_padding_mask=token_padding_mask)
-        x = self.feature_norm(x + self.dropout(attended))
-        columns = x.transpose(1, 2)  # (B, C, T, E): every column is a sequence of cells
+        columns = self._feature_stage(x, token_padding_mask)
         columns = self.item_block(columns, n_keys=n_train, multiquery_from=n_train)
+        return columns.transpose(1, 2)
+
+    def forward_train(self, x: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """Training rows alone (they never read test rows): ``forward(x, n_train=all)`` and the first head's
+        keys/values of the column attention, which is all that test rows read of them."""
+        columns = self._feature_stage(x)
+        kv = self.item_block.cached_kv(columns, first_head_only=True)
+        return self.item_block(columns).transpose(1, 2), kv
+
+    def forward_test(self, x: Tensor, kv: tuple[Tensor, Tensor]) -> Tensor:
+        """Test rows ``x`` (B, m, C, E) against cached training-row keys/values (see :meth:`forward_train`)."""
+        columns = self.item_block.forward_cached(self._feature_stage(x), *kv, first_head_only=True)
         return columns.transpose(1, 2)
 
 
@@ -145,29 +232,25 @@ class TabPFNv2(nn.Module):
     def _embed_features(self, X: Tensor, n_train: int) -> Tensor:
         """(B, T, H) -> (B, T, G, E). Statistics are per table and group: imputation and z-scoring from the training
         rows; which features count as constant (dropped) from all rows."""
-        x = self._group(X).transpose(1, 2)  # (B, G, T, F): rows on dim 2 ...
-        B, G, T, F = x.shape
-        x = x.reshape(B * G, T, F)  # ... then dim 1 of a (tables*groups, rows, features) tensor
-        # Constant features are removed from their group: the others move to the front, zeros fill the rest.
-        keep = _non_constant(x)  # (BG, F)
-        order = torch.argsort((~keep).to(torch.int8), dim=-1, stable=True)
-        x = torch.gather(x, 2, order[:, None, :].expand(-1, T, -1))
-        kept_slots = torch.arange(F, device=x.device)[None, :] < keep.sum(-1, keepdim=True)
-        x = torch.where(kept_slots[:, None, :], x, torch.zeros_like(x))
+        x, B, G = self._grouped_rows(X)
+        keep = _non_constant(x)  # (BG, F), over all rows
+        x = _arrange(x, keep)
         nan_ind = _indicators(x)
         x = _impute_with_train_mean(x, n_train)
-        train = x[:, :n_train]
-        mean = train.mean(1, keepdim=True)
-        var = (train - mean).square().sum(1, keepdim=True) / max(n_train - 1, 1)
-        std = var.sqrt() if n_train > 1 else torch.ones_like(var)
-        std = torch.where(std == 0, torch.ones_like(std), std)
-        x = ((x - mean) / (std + torch.finfo(std.dtype).eps)).clamp(-100, 100)
-        # Scale each group as if all its features were informative: sqrt(F / #features that vary over all rows).
-        used = _non_constant(x)
-        n_used = used.sum(-1, keepdim=True).clamp(min=1)
-        x = torch.where(used[:, None, :], x * (F / n_used[:, None, :]).sqrt(), torch.zeros_like(x))
+        mean, std = _train_mean_std(x, n_train)
+        x = _standardise(x, mean, std)
+        return self._embed_cells(_scale_used(x, _non_constant(x)), nan_ind, B, G)
+
+    def _grouped_rows(self, X: Tensor) -> tuple[Tensor, int, int]:
+        """(B, T, H) -> ((B*G, T, F) rows of every group of every table, B, G)."""
+        x = self._group(X).transpose(1, 2)  # (B, G, T, F): rows on dim 2 ...
+        B, G, T, F = x.shape
+        return x.reshape(B * G, T, F), B, G  # ... then dim 1 of a (tables*groups, rows, features) tensor
+
+    def _embed_cells(self, x: Tensor, nan_ind: Tensor, B: int, G: int) -> Tensor:
+        """(B*G, T, F) preprocessed values and NaN indicators -> (B, T, G, E) cell tokens."""
         emb = self.feature_embedder(torch.cat([x, nan_ind], dim=-1).to(self.feature_embedder.weight.dtype))
-        emb = emb.reshape(B, G, T, -1).transpose(1, 2)  # (B, T, G, E)
+        emb = emb.reshape(B, G, x.shape[1], -1).transpose(1, 2)  # (B, T, G, E)
         return emb + self._column_embeddings(G, emb)[None, None]
 
     def _column_embeddings(self, n_groups: int, like: Tensor) -> Tensor:
@@ -227,3 +310,68 @@ class TabPFNv2(nn.Module):
             else:
                 tokens = block(tokens, n_train, padding_mask)
         return self.decoder(tokens[:, n_train:, -1])
+
+    # ----------------------------------------------------------------------------------------------- train cache
+    def build_kv_cache(self, X_train: Tensor, y_train: Tensor) -> TabPFNv2TrainCache:
+        """Run the training rows ``X_train (B, n, H)`` once; :meth:`forward_with_kv_cache` then costs only test rows.
+
+        Training rows never read test rows (the column attention gives them the training rows as keys), so their
+        states are those of a full call. The one thing test rows can change is which features count as constant
+        (official TabPFN checks all rows); :meth:`forward_with_kv_cache` detects that and then runs the full call.
+        """
+        if X_train.ndim != 3 or y_train.shape != X_train.shape[:2]:
+            raise ValueError(f"Need X_train (B, n, H) and y_train (B, n); got {tuple(X_train.shape)} and "
+                             f"{tuple(y_train.shape)}")
+        B, n, _ = X_train.shape
+        y_train = y_train.to(X_train.dtype)
+        raw, _, G = self._grouped_rows(X_train)
+        keep = _non_constant(raw)
+        x = _arrange(raw, keep)
+        nan_ind = _indicators(x)
+        impute_mean = _finite_train_mean(x, n)
+        x = _impute_with_train_mean(x, n, impute_mean)
+        mean, std = _train_mean_std(x, n)
+        x = _standardise(x, mean, std)
+        used = _non_constant(x)
+        targets = self._embed_targets(y_train, n + 1)  # the last row: the target token every test row gets
+        tokens = torch.cat([self._embed_cells(_scale_used(x, used), nan_ind, B, G), targets[:, :n, None]], dim=2)
+        kv = []
+        for block in self.blocks:
+            tokens, block_kv = block.forward_train(tokens)
+            kv.append(block_kv)
+        return TabPFNv2TrainCache(
+            X_train=X_train, y_train=y_train, keep=keep, used=used, impute_mean=impute_mean, mean=mean, std=std,
+            first_raw=raw[:, 0], first_standardised=x[:, 0], test_target_token=targets[:, n:], kv=kv,
+        )
+
+    def kv_cache_nbytes(self, n_tables: int, n_train: int, n_features: int) -> int:
+        """fp32 bytes of :meth:`build_kv_cache`'s keys/values for ``n_tables`` tables of ``n_train`` x
+        ``n_features`` (the estimators use the cache only when it fits their memory budget)."""
+        tokens = -(-n_features // self.features_per_group) + 1
+        head_dim = self.config["embed_dim"] // self.config["nhead"]
+        return 4 * n_tables * n_train * tokens * 2 * head_dim * len(self.blocks)
+
+    def forward_with_kv_cache(self, X_test: Tensor, cache: TabPFNv2TrainCache) -> Tensor:
+        """(B, m, H) test rows -> (B, m, n_out): ``forward(cat(X_train, X_test), y_train)`` of the cached rows."""
+        B, m, _ = X_test.shape
+        if B != cache.X_train.shape[0] or X_test.shape[2] != cache.X_train.shape[2]:
+            raise ValueError(f"X_test {tuple(X_test.shape)} does not match the cached training rows "
+                             f"{tuple(cache.X_train.shape)}")
+        raw, _, G = self._grouped_rows(X_test)
+        if not torch.equal(cache.keep | _differs(raw, cache.first_raw), cache.keep):
+            return self._full_call(X_test, cache)  # a feature constant over the training rows varies in X_test
+        x = _arrange(raw, cache.keep)
+        nan_ind = _indicators(x)
+        x = _standardise(_impute_with_train_mean(x, 0, cache.impute_mean), cache.mean, cache.std)
+        if not torch.equal(cache.used | _differs(x, cache.first_standardised), cache.used):
+            return self._full_call(X_test, cache)
+        cells = self._embed_cells(_scale_used(x, cache.used), nan_ind, B, G)
+        target = cache.test_target_token[:, :, None].expand(B, m, 1, cells.shape[-1]).to(cells.dtype)
+        tokens = torch.cat([cells, target], dim=2)
+        for block, block_kv in zip(self.blocks, cache.kv):
+            tokens = block.forward_test(tokens, block_kv)
+        return self.decoder(tokens[:, :, -1])
+
+    def _full_call(self, X_test: Tensor, cache: TabPFNv2TrainCache) -> Tensor:
+        return self.forward(torch.cat([cache.X_train, X_test.to(cache.X_train.dtype)], dim=1), cache.y_train)
+

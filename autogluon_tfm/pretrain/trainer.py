@@ -226,8 +226,15 @@ def task_loss(
     if task == "classification":
         return classification_loss(net(X, y[:, :n], **kwargs), y[:, n:])
     y = scale_targets(y, n, getattr(net, "regression_target_scaling", "zscore"))
+    # A rare prior table has near-constant training targets and a far test target (1 in ~2,400 tables of
+    # tabicl_mix_regression scales to |y| > 100, up to 16,000): clamp the loss targets so such a table cannot dominate
+    # a squared-error step. Typical scaled test targets stay within +-10 (99.9% quantile ~9).
+    y = torch.cat([y[:, :n], y[:, n:].clamp(-REGRESSION_TARGET_CLAMP, REGRESSION_TARGET_CLAMP)], dim=1)
     return regression_loss(net, net(X, y[:, :n], **kwargs), y[:, n:])
 
+
+# Bound of the scaled regression targets of the test rows in the pretraining loss (see task_loss).
+REGRESSION_TARGET_CLAMP = 10.0
 
 # Architectures whose networks read NaN cells (TabPFN v2 embeds NaN indicators); the others need imputed input.
 NAN_ARCHITECTURES = ("tabpfn_v2",)
@@ -260,21 +267,50 @@ def check_config(cfg: PretrainConfig) -> None:
 
 
 def _warm_start(net: torch.nn.Module, source: str) -> None:
-    """Copy the weights of ``source`` (shipped name or checkpoint path) into ``net``; the shapes must match."""
+    """Copy the weights of ``source`` (shipped name or checkpoint path) into ``net``.
+
+    Same architecture and task: every tensor must match (strict). Same architecture, other task (a classifier's
+    weights for a regression run, or back): every tensor whose name and shape match is copied and the task-specific
+    ones (label embedding, output head, bucket borders) keep their fresh initialisation. Measured on tables
+    y = Xw + noise: a TabPFN v2 regression net warm-started from ``tabpfnv2-clf-small`` reached 0.05 of the target
+    variance in 300 steps, one from scratch stayed at 1.00 (Mitra: 0.35 vs 0.98); the classifier's weights already
+    hold the in-context machinery (attention from test rows to training rows) that regression needs.
+    """
     from autogluon_tfm.checkpoints import load_network
 
     try:
         source_net = load_network(source)
     except (FileNotFoundError, ValueError, KeyError) as error:
         raise ValueError(f"init_from={source!r} could not be loaded: {error}") from error
-    try:
-        net.load_state_dict(source_net.state_dict())  # strict: same names and shapes (dtypes are converted)
-    except RuntimeError as error:
-        raise ValueError(
-            f"init_from={source!r} does not fit this run's network; use the --model preset and --task the "
-            f"checkpoint was trained with. {str(error).splitlines()[0]}"
-        ) from error
-    logger.info("Warm start from %s (weights only; new optimizer and schedule)", source)
+    mismatch = ValueError(
+        f"init_from={source!r} does not fit this run's network ({getattr(source_net, 'arch', '?')} "
+        f"{_task_of(source_net)} -> {getattr(net, 'arch', '?')} {_task_of(net)}); use the --model preset the "
+        "checkpoint was trained with."
+    )
+    if getattr(source_net, "arch", None) != getattr(net, "arch", None):
+        raise mismatch
+    if _task_of(source_net) == _task_of(net):
+        try:
+            net.load_state_dict(source_net.state_dict())  # strict: same names and shapes (dtypes are converted)
+        except RuntimeError as error:
+            raise ValueError(f"{mismatch} {str(error).splitlines()[0]}") from error
+        logger.info("Warm start from %s (weights only; new optimizer and schedule)", source)
+        return
+    own = net.state_dict()
+    copied = {k: v for k, v in source_net.state_dict().items() if k in own and own[k].shape == v.shape}
+    fresh = [k for k in own if k not in copied]
+    # Only the task-specific ends may differ; a network of another size shares almost nothing and is a mistake.
+    if len(copied) < 0.8 * len(own):
+        raise ValueError(f"{mismatch} Only {len(copied)} of {len(own)} tensors match.")
+    net.load_state_dict(copied, strict=False)
+    logger.info(
+        "Cross-task warm start from %s (%s -> %s): copied %d of %d tensors; freshly initialised: %s",
+        source, _task_of(source_net), _task_of(net), len(copied), len(own), ", ".join(fresh),
+    )
+
+
+def _task_of(net: torch.nn.Module) -> str:
+    return "classification" if getattr(net, "max_classes", 0) else "regression"
 
 
 def default_evaluator(cfg: PretrainConfig, device: str) -> Callable[[torch.nn.Module, int], list[dict[str, Any]]]:

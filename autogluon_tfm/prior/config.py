@@ -104,8 +104,9 @@ class PriorConfig:
     # Trees are fitted on at most this many random rows (the targets are noise) and predict on all rows.
     mitra_tree_fit_rows: int = 512
 
-    # ---- learnability filter (classification): keep a table only if extra-trees beat the majority class on its
-    # test part by at least `min_learnability_gain`; unlearnable tables are still kept with `keep_unlearnable_prob`.
+    # ---- learnability filter: keep a table only if extra-trees beat the majority class on its test part by at
+    # least `min_learnability_gain` accuracy (regression: reach that test R² over the training mean); unlearnable
+    # tables are still kept with `keep_unlearnable_prob`.
     min_learnability_gain: float | None = None
     keep_unlearnable_prob: float = 0.1
     # ---- batch layout
@@ -189,6 +190,13 @@ PRIOR_CONFIGS: dict[str, PriorConfig] = {
     # Mitra (seed 002) mixes SCM and tree-based priors 50/50.
     "mitra_mix_learnable": PriorConfig(name="mitra_mix_learnable", p_tree=0.5, min_learnability_gain=0.05),
     "mitra_mix_regression": PriorConfig(name="mitra_mix_regression", p_tree=0.5, task="regression"),
+    # The regression mixtures with the learnability filter (extra-trees test R² >= 0.2; 10% of the rest kept).
+    "tabicl_mix_regression_learnable": PriorConfig(
+        name="tabicl_mix_regression_learnable", p_tree=0.3, task="regression", min_learnability_gain=0.2
+    ),
+    "mitra_mix_regression_learnable": PriorConfig(
+        name="mitra_mix_regression_learnable", p_tree=0.5, task="regression", min_learnability_gain=0.2
+    ),
     # Mitra's own mixture: 50 % MLP SCM, 50 % split evenly among its five tree-based priors (DT, ET, RF, GB, DSRF),
     # with explicit class imbalance for a fifth of the classification tables.
     "mitra_trees_mix": PriorConfig(name="mitra_trees_mix", p_tree=0.0, p_mitra_tree=0.5, imbalance_prob=0.2),

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from autogluon_tfm.prior.config import MITRA_TREE_FAMILIES, PriorConfig, get_prior_config
-from autogluon_tfm.prior.filters import learnability_gain
+from autogluon_tfm.prior.filters import learnability_gain, regression_learnability_gain
 from autogluon_tfm.prior.mitra_trees import generate_mitra_tree_table
 from autogluon_tfm.prior.mlp_scm import generate_mlp_scm_table
 from autogluon_tfm.prior.random_utils import PriorRandom
@@ -128,11 +128,10 @@ class PriorSampler:
 
     def _learnable(self, table: ProcessedTable, n_train: int) -> bool:
         threshold = self.config.min_learnability_gain
-        if threshold is None or self.config.task != "classification" or self.rng.bernoulli(
-            self.config.keep_unlearnable_prob
-        ):
+        if threshold is None or self.rng.bernoulli(self.config.keep_unlearnable_prob):
             return True
-        return learnability_gain(table.X, table.y, n_train, seed=self.rng.child_seed() % 2**31) >= threshold
+        gain = learnability_gain if self.config.task == "classification" else regression_learnability_gain
+        return gain(table.X, table.y, n_train, seed=self.rng.child_seed() % 2**31) >= threshold
 
     @torch.no_grad()
     def sample_batch(
