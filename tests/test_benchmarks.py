@@ -194,3 +194,15 @@ def test_speed_checkpoint_for_tabpfn_v2_loads_in_both_implementations(tmp_path: 
     ours_state = ours.state_dict()
     assert set(expected) <= set(ours_state)
     assert all(torch.equal(expected[key], ours_state[key]) for key in expected)
+
+
+def test_repeat_predict_benchmark_reports_cached_and_uncached_rows(tmp_path):
+    from benchmarks import repeat_predict
+
+    out = tmp_path / "repeat.md"
+    repeat_predict.main(["--rows", "120", "--n-test", "30", "--checkpoint", "tiny", "--out", str(out)])
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| tabicl") or line.startswith("| tabpfnv2")
+            or line.startswith("| mitra")]
+    assert len(rows) == 3
+    for row in rows:  # the cached path gives the uncached probabilities
+        assert float(row.split("|")[-2]) < 1e-4
