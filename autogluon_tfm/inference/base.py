@@ -522,22 +522,30 @@ class InContextEstimator(BaseEstimator):
             return self._forward_cached(
                 network, X_train_batch, y_batch, X_test, feature_orders, progress, reduce, cache_key
             )
-        if supports_kv_cache(network) and network.kv_cache_nbytes(*X_train_batch.shape) <= self.memory_budget_bytes:
-            return self._forward_kv_cached(
-                network, X_train_batch, y_batch, X_test, feature_orders, progress, reduce, cache_key
-            )
         device = self.device_
         if device.type == "cpu":
             self._check_whole_table_memory(network, X_train_batch.shape, min(len(X_test), self.max_test_rows_per_forward))
+        # TabPFN v2 / Mitra keep their training rows' keys/values (when one call's fit the memory budget): the
+        # training rows then run once per call, or once per fit with a ``cache_key``, and each test chunk alone.
+        use_kv = supports_kv_cache(network) and network.kv_cache_nbytes(*X_train_batch.shape) <= self.memory_budget_bytes
         outputs = []
         with torch.no_grad(), self._autocast():
             train = torch.from_numpy(np.ascontiguousarray(X_train_batch, dtype=np.float32)).to(device)
             labels = torch.from_numpy(np.ascontiguousarray(y_batch, dtype=np.float32)).to(device)
+            if use_kv:
+
+                def build():
+                    return network.build_kv_cache(train, labels)
+
+                cache = build() if cache_key is None else self._train_cache(network, ("kv", cache_key), build)
             for start in range(0, len(X_test), self.max_test_rows_per_forward):
                 chunk = X_test[start : start + self.max_test_rows_per_forward]
-                test = np.stack([chunk[:, order] for order in feature_orders]).astype(np.float32)
-                X_full = torch.cat([train, torch.from_numpy(test).to(device)], dim=1)
-                output = network(X_full, labels).float().cpu().numpy()
+                test = torch.from_numpy(np.stack([chunk[:, order] for order in feature_orders]).astype(np.float32))
+                if use_kv:
+                    output = network.forward_with_kv_cache(test.to(device), cache)
+                else:
+                    output = network(torch.cat([train, test.to(device)], dim=1), labels)
+                output = output.float().cpu().numpy()
                 outputs.append(output if reduce is None else reduce(output))
                 progress.update(1)
         return np.concatenate(outputs, axis=1)
@@ -564,34 +572,6 @@ class InContextEstimator(BaseEstimator):
                 output = network.forward_with_cache(test.to(self.device_), cache, **chunks).float().cpu().numpy()
                 outputs.append(output if reduce is None else reduce(output))
         progress.update(-(-len(X_test) // self.max_test_rows_per_forward))  # the units the caller counted
-        return np.concatenate(outputs, axis=1)
-
-    def _forward_kv_cached(
-        self, network: torch.nn.Module, X_train_batch: np.ndarray, y_batch: np.ndarray, X_test: np.ndarray,
-        feature_orders: Sequence[np.ndarray], progress: tqdm, reduce: Callable[[np.ndarray], np.ndarray] | None,
-        cache_key: Any,
-    ) -> np.ndarray:
-        """:meth:`_forward` for a network with a key/value cache (TabPFN v2): the training rows run once per call
-        (and, with a ``cache_key``, once per fit while the cache fits ``train_cache_max_bytes``), each test chunk
-        then reads their cached keys/values."""
-        device = self.device_
-        if device.type == "cpu":
-            self._check_whole_table_memory(network, X_train_batch.shape, min(len(X_test), self.max_test_rows_per_forward))
-        outputs = []
-        with torch.no_grad(), self._autocast():
-
-            def build():
-                train = torch.from_numpy(np.ascontiguousarray(X_train_batch, dtype=np.float32)).to(device)
-                labels = torch.from_numpy(np.ascontiguousarray(y_batch, dtype=np.float32)).to(device)
-                return network.build_kv_cache(train, labels)
-
-            cache = build() if cache_key is None else self._train_cache(network, ("kv", cache_key), build)
-            for start in range(0, len(X_test), self.max_test_rows_per_forward):
-                chunk = X_test[start : start + self.max_test_rows_per_forward]
-                test = torch.from_numpy(np.stack([chunk[:, order] for order in feature_orders]).astype(np.float32))
-                output = network.forward_with_kv_cache(test.to(device), cache).float().cpu().numpy()
-                outputs.append(output if reduce is None else reduce(output))
-                progress.update(1)
         return np.concatenate(outputs, axis=1)
 
     def _check_whole_table_memory(self, network: torch.nn.Module, train_shape: tuple, n_test: int) -> None:
