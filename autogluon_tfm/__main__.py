@@ -112,6 +112,11 @@ def main(argv: list[str] | None = None) -> None:
         help="wall-clock budget of this invocation: save a checkpoint and exit cleanly when it is spent",
     )
     p.add_argument(
+        "--schedule-minutes", dest="schedule_minutes", type=float, default=None, metavar="M",
+        help="cosine learning-rate schedule over M minutes of training time (summed over resumes) as well as over "
+        "--steps, whichever is spent faster; the run ends when either is (for machines shared with other jobs)",
+    )
+    p.add_argument(
         "--eval-every", dest="eval_every", type=int, default=None, metavar="N",
         help="every N steps evaluate on real dev datasets and held-out synthetic tables; appends to <out>/eval.csv",
     )

@@ -21,6 +21,7 @@ from autogluon_tfm.pretrain.trainer import (
     REGRESSION_TARGET_CLAMP,
     PretrainConfig,
     PriorStream,
+    _lr_factor,
     build_network,
     pretrain,
     size_limits,
@@ -87,6 +88,24 @@ def test_max_minutes_saves_and_stops_then_resumes(tmp_path):
     assert torch.load(resumed, map_location="cpu", weights_only=True)["progress"]["step"] == step + 2
 
 
+def test_schedule_minutes_decays_the_rate_over_training_time_and_ends_the_run(tmp_path):
+    # 0.15 s of training time, far fewer than the 10,000 steps: the time budget drives the cosine to 0.
+    cfg = tiny(tmp_path, steps=10_000, checkpoint_every=10_000, warmup_fraction=0.0, schedule_minutes=0.0025)
+    last = pretrain(cfg)
+    progress = torch.load(last, map_location="cpu", weights_only=True)["progress"]
+    assert 2 <= progress["step"] < 10_000 and progress["wall_time_s"] >= 0.15
+    rates = [float(row["lr"]) for row in read_csv(tmp_path / "run" / "log.csv")]
+    assert rates[-1] == 0.0 and rates[0] > 0.5 * cfg.lr  # decayed from near the peak to 0
+    assert all(a >= b for a, b in itertools.pairwise(rates))
+    # Resuming a run whose time schedule is spent trains no further.
+    assert torch.load(pretrain(cfg), map_location="cpu", weights_only=True)["progress"]["step"] == progress["step"]
+    with pytest.raises(ValueError, match="schedule_minutes"):
+        pretrain(tiny(tmp_path, "bad", schedule_minutes=0))
+    # The warmup ends after its share of the steps or of the time, whichever comes first.
+    assert _lr_factor(10, 100_000, 2_000, time_fraction=0.01, warmup_time_fraction=0.02) == 0.5
+    assert _lr_factor(10, 100_000, 2_000) == 11 / 2_000
+
+
 def test_eval_every_with_a_custom_evaluator(tmp_path):
     calls = []
 
@@ -149,10 +168,11 @@ def test_cli_options_and_plot_loss(tmp_path, capsys):
     out = tmp_path / "cli"
     args = ["--model", "tabicl-tiny", "--num-workers", "0", "--batch-size", "2", "--min-rows", "24", "--max-rows",
             "64", "--max-features", "4", "--steps", "3", "--curriculum", "2", "--curriculum-start-rows", "30",
-            "--max-minutes", "5", "--eval-every", "3", "--eval-datasets", "none", "--eval-synthetic", "2"]
+            "--max-minutes", "5", "--schedule-minutes", "9", "--eval-every", "3", "--eval-datasets", "none", "--eval-synthetic", "2"]
     main(["pretrain", *args, "--out", str(out)])
     config = json.loads((out / "pretrain_config.json").read_text())
     assert config["curriculum_steps"] == 2 and config["max_minutes"] == 5 and config["eval_datasets"] == []
+    assert config["schedule_minutes"] == 9
     assert {r["dataset"] for r in read_csv(out / "eval.csv")} == {"synthetic"}
     main(["plot-loss", str(out)])
     assert (out / "loss.png").read_bytes()[:8] == PNG_MAGIC

@@ -374,3 +374,30 @@ def test_kv_cache_is_skipped_when_it_would_not_fit_the_memory_budget():
     tight.memory_budget_bytes = net.kv_cache_nbytes(1, 70, 5) - 1  # one member per call
     np.testing.assert_allclose(tight.predict_proba(X[70:]), expected, atol=1e-5)
     assert not tight.__dict__.get("train_cache_")  # the whole-table path ran
+
+
+@pytest.mark.parametrize("arch", ["tabpfn_v2", "mitra"])
+def test_class_tree_nodes_keep_their_kv_caches_across_predictions(arch, monkeypatch):
+    import autogluon_tfm.inference.base as inference_base
+
+    net = make_tiny_network(arch, "classification", seed=0)
+    X, y = _table(130, n_classes=4)
+    params = dict(
+        model={"tabpfn_v2": "tabpfnv2", "mitra": "mitra"}[arch], checkpoint=net, device="cpu", precision="fp32",
+        n_estimators=2, max_classes_per_call=2,
+    )
+    cached = TFMClassifier(**params).fit(X[:90], y[:90])
+    assert cached.class_tree_ is not None  # 4 classes, 2 per call: a root and two leaves
+    first = cached.predict_proba(X[90:110])
+    assert len(cached.train_cache_) == 2 * 3  # every member's every node
+    calls = []
+    original = net.build_kv_cache
+    net.build_kv_cache = lambda *a, **k: calls.append(1) or original(*a, **k)
+    second = cached.predict_proba(X[110:])
+    del net.build_kv_cache
+    assert not calls  # the repeated predict ran the test rows only
+
+    monkeypatch.setattr(inference_base, "supports_kv_cache", lambda network: False)
+    plain = TFMClassifier(**params).fit(X[:90], y[:90])
+    np.testing.assert_allclose(first, plain.predict_proba(X[90:110]), atol=1e-5)
+    np.testing.assert_allclose(second, plain.predict_proba(X[110:]), atol=1e-5)

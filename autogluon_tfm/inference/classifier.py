@@ -421,8 +421,12 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
         else:
 
             def node_logits(rows: np.ndarray, labels: np.ndarray, n_labels: int) -> np.ndarray:
+                # A node is identified by its training rows (the class tree is fixed at fit), so a repeated
+                # prediction finds each node's train cache (TabPFN v2 / Mitra keys and values) again.
+                node_key = None if cache_key is None else (cache_key, "node", hash(rows.tobytes()))
                 logits = self._forward(
-                    network, X_train_member[rows][None], labels[None], X_test, [member.feature_order], progress
+                    network, X_train_member[rows][None], labels[None], X_test, [member.feature_order], progress,
+                    cache_key=node_key,
                 )
                 return logits[0]
 

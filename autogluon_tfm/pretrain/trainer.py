@@ -110,6 +110,18 @@ class PretrainConfig:
     # on a 10-class network the high ids see few tables. (A 1,700-step warm start with 0.5 did not change the
     # shipped TabICL's 10-way accuracy; its many-class weakness is not the ids, see pretrain/README.md.)
     class_id_spread: float = 0.0
+    # Cosine learning-rate schedule over this much training time (minutes, summed over resumed invocations,
+    # evaluation excluded) as well as over ``steps``: the schedule follows whichever budget is spent faster, and
+    # the run ends when either is. On a shared CPU the step rate varies several-fold with the other jobs, so a
+    # step count chosen in advance either ends the schedule early or stops a time-boxed run at a high rate.
+    schedule_minutes: float | None = None
+
+
+def _time_fraction(cfg: PretrainConfig, state: dict[str, Any]) -> float:
+    """Share of ``schedule_minutes`` spent (0 without one)."""
+    if cfg.schedule_minutes is None:
+        return 0.0
+    return state["wall_time_s"] / (60.0 * cfg.schedule_minutes)
 
 
 def size_limits(cfg: PretrainConfig, step: int) -> tuple[int, int]:
@@ -168,11 +180,18 @@ class PriorStream(IterableDataset):
             )
 
 
-def _lr_factor(step: int, total: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+def _lr_factor(
+    step: int, total: int, warmup: int, time_fraction: float = 0.0, warmup_time_fraction: float = 0.0
+) -> float:
+    """Linear warmup over ``warmup`` steps (or ``warmup_time_fraction`` of the time budget, whichever ends first),
+    then a cosine decay to 0 over the steps or the time, whichever is further along."""
+    warmed = (step + 1) / warmup
+    if warmup_time_fraction > 0:
+        warmed = max(warmed, time_fraction / warmup_time_fraction)
+    if warmed < 1:
+        return warmed
+    progress = max((step - warmup) / max(1, total - warmup), time_fraction)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, max(0.0, progress))))
 
 
 def build_network(cfg: PretrainConfig) -> torch.nn.Module:
@@ -262,6 +281,8 @@ def check_config(cfg: PretrainConfig) -> None:
         raise ValueError("curriculum_start_features must be in [min_features, max_features]")
     if cfg.max_minutes is not None and cfg.max_minutes <= 0:
         raise ValueError(f"max_minutes must be > 0, got {cfg.max_minutes}")
+    if cfg.schedule_minutes is not None and cfg.schedule_minutes <= 0:
+        raise ValueError(f"schedule_minutes must be > 0, got {cfg.schedule_minutes}")
     if not 0.0 <= cfg.class_id_spread <= 1.0:
         raise ValueError(f"class_id_spread must be in [0, 1], got {cfg.class_id_spread}")
 
@@ -396,8 +417,12 @@ def _pretrain(
     net = build_network(cfg).to(device)
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup = max(1, int(cfg.warmup_fraction * cfg.steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, cfg.steps, warmup))
     state = {"step": 0, "tables_seen": 0, "wall_time_s": 0.0}
+    time_warmup = cfg.warmup_fraction if cfg.schedule_minutes is not None else 0.0
+    # The lambda reads `state` when called, so it sees the resumed progress too.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: _lr_factor(s, cfg.steps, warmup, _time_fraction(cfg, state), time_warmup)
+    )
     last = out / "last.ckpt"
     if distributed:
         import torch.distributed as dist
@@ -417,7 +442,7 @@ def _pretrain(
             dist.broadcast(tensor, src=0)
     if is_main:
         (out / "pretrain_config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    if state["step"] >= cfg.steps:
+    if state["step"] >= cfg.steps or _time_fraction(cfg, state) >= 1:
         return _finish(last, net, distributed, created_group)
     if cfg.eval_every and evaluator is None and is_main:
         evaluator = default_evaluator(cfg, device)
@@ -467,14 +492,19 @@ def _pretrain(
                 value, out_of_time = float(shared[0]) / world_size, bool(shared[1] > 0)
             torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
             optimizer.step()
-            scheduler.step()
             now = time.time()
             state["wall_time_s"] += now - t_last
             t_last = now
             state["step"] += 1
             state["tables_seen"] += X.shape[0] * world_size
+            scheduler.step()  # after the progress update: the next step's rate reads the time spent so far
             ema_loss = value if ema_loss is None else 0.98 * ema_loss + 0.02 * value
-            done = state["step"] >= cfg.steps or out_of_time
+            schedule_spent = _time_fraction(cfg, state) >= 1
+            if distributed and cfg.schedule_minutes is not None:  # ranks' clocks differ: stop together
+                vote = torch.tensor([float(schedule_spent)])
+                dist.all_reduce(vote)
+                schedule_spent = bool(vote[0] > 0)
+            done = state["step"] >= cfg.steps or out_of_time or schedule_spent
             if is_main:
                 log.writerow([state["step"], f"{value:.5f}", f"{scheduler.get_last_lr()[0]:.3e}", state["tables_seen"],
                               f"{state['wall_time_s']:.1f}", X.shape[1], X.shape[2]])
@@ -500,6 +530,9 @@ def _pretrain(
             if out_of_time and is_main:
                 logger.info("max_minutes=%s reached at step %d: checkpoint saved, stopping", cfg.max_minutes,
                             state["step"])
+            elif schedule_spent and is_main:
+                logger.info("schedule_minutes=%s of training spent at step %d: schedule done, checkpoint saved",
+                            cfg.schedule_minutes, state["step"])
             if done:
                 break
     finally:
