@@ -197,22 +197,28 @@ def test_hierarchical_matches_official_tabicl(tmp_path, n_classes):
     np.testing.assert_allclose(proba, official.predict_proba(X[n_train:]), atol=1e-5)
 
 
-def test_hierarchical_encodes_rows_once_per_member():
+def test_hierarchical_encodes_rows_once_per_member_and_keeps_node_states():
     net = _random_tabicl(CONFIGS["v2-clf"])
     X, _ = _table(90, seed=4)
     y = np.arange(90) % 15
     clf = TFMClassifier(checkpoint=net, device="cpu", precision="fp32", n_estimators=2).fit(X[:60], y[:60])
     clf.many_class_encoding = "mixed_radix"
-    counts = {"encode": 0, "icl": 0}
-    build, icl = net.build_train_cache, net.icl
+    counts = {"encode": 0, "icl_states": 0}
+    build, states = net.build_train_cache, net.icl_train_states
     net.build_train_cache = lambda *a, **k: counts.__setitem__("encode", counts["encode"] + 1) or build(*a, **k)
-    net.icl = lambda *a, **k: counts.__setitem__("icl", counts["icl"] + 1) or icl(*a, **k)
+    net.icl_train_states = lambda *a, **k: counts.__setitem__("icl_states", counts["icl_states"] + 1) or states(*a, **k)
     first = clf.predict_proba(X[60:75])
     n_nodes = clf.class_tree_.count_nodes() - sum(len(leaf.classes) == 1 for leaf in clf.class_tree_.leaves())
-    assert counts == {"encode": 2, "icl": 2 * n_nodes}  # every node of every member shares its member's encoding
+    # Every node of every member shares its member's encoding.
+    assert counts == {"encode": 2, "icl_states": 2 * n_nodes}
     second = clf.predict_proba(X[75:])
-    assert counts["encode"] == 2  # the training rows' encoding is kept
-    assert np.isfinite(first).all() and np.isfinite(second).all()
+    assert counts == {"encode": 2, "icl_states": 2 * n_nodes}  # encodings and node states are kept: test rows only
+    del net.build_train_cache, net.icl_train_states
+    fresh = TFMClassifier(checkpoint=net, device="cpu", precision="fp32", n_estimators=2).fit(X[:60], y[:60])
+    fresh.many_class_encoding = "mixed_radix"
+    np.testing.assert_allclose(second, fresh.predict_proba(X[75:]), atol=1e-6)
+    np.testing.assert_allclose(first, fresh.predict_proba(X[60:75]), atol=1e-6)
+    assert second.std(axis=0).max() > 1e-3
     np.testing.assert_allclose(second.sum(axis=1), 1.0, atol=1e-12)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,17 @@ from autogluon_tfm.inference.preprocessing import EnsemblePreprocessor, TableEnc
 __all__ = ["TFMClassifier"]
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _NodeStates:
+    """One class-tree node's ICL training-row states (a train cache entry, see ``InContextEstimator._train_cache``)."""
+
+    states: list[torch.Tensor]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.states)
 
 
 class TFMClassifier(ClassifierMixin, InContextEstimator):
@@ -380,7 +392,12 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
         if self.many_class_encoding not in ("per_node", "mixed_radix"):
             raise ValueError(f"Unknown many_class_encoding {self.many_class_encoding!r}; use 'per_node' or 'mixed_radix'.")
         target_aware = bool(getattr(getattr(network, "col_embedder", None), "target_aware", False))
-        return supports_train_cache(network) and (not target_aware or self.many_class_encoding == "mixed_radix")
+        has_icl_states = all(callable(getattr(network, name, None)) for name in ("icl_train_states", "icl_from_states"))
+        return (
+            supports_train_cache(network)
+            and has_icl_states
+            and (not target_aware or self.many_class_encoding == "mixed_radix")
+        )
 
     def _hierarchical_member(
         self,
@@ -408,15 +425,21 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
             step = self._test_chunk_rows(network, 1, X_train.shape[1])
 
             def node_logits(rows: np.ndarray, labels: np.ndarray, n_labels: int) -> np.ndarray:
-                node_train = R_train[:, torch.from_numpy(rows).to(R_train.device)]
-                y_node = torch.from_numpy(labels.astype(np.float32))[None].to(R_train.device)
+                def build() -> _NodeStates:
+                    node_train = R_train[:, torch.from_numpy(rows).to(R_train.device)]
+                    y_node = torch.from_numpy(labels.astype(np.float32))[None].to(R_train.device)
+                    return _NodeStates(network.icl_train_states(node_train, y_node))
+
                 parts = []
                 with torch.no_grad(), self._autocast():
+                    # Keyed by the node's training rows (the tree is fixed at fit): a repeated prediction runs the
+                    # ICL stage on the test rows only.
+                    node_key = None if cache_key is None else ("icl", cache_key, hash(rows.tobytes()))
+                    states = build() if node_key is None else self._train_cache(network, node_key, build)
                     for start in range(0, R_test.shape[1], step):
-                        R = torch.cat([node_train, R_test[:, start : start + step]], dim=1)
-                        parts.append(network.icl(R, y_node)[0].float().cpu().numpy())
+                        parts.append(network.icl_from_states(R_test[:, start : start + step], states.states)[0])
                 progress.update(-(-len(X_test) // self.max_test_rows_per_forward))
-                return np.concatenate(parts)
+                return torch.cat(parts).float().cpu().numpy()
 
         else:
 

@@ -475,6 +475,17 @@ class TabICL(nn.Module):
         """In-context learning on row representations: (B, T, C*E), labels (B, n) -> (B, T-n, n_out)."""
         return self.icl_predictor(R, y_train, recompute=self.recompute and self.training)
 
+    def icl_train_states(self, R_train: Tensor, y_train: Tensor) -> list[Tensor]:
+        """The ICL stage's training-row states (labels embedded), (B, n, C*E) per block, for :meth:`icl_from_states`.
+
+        Hierarchical classification keeps them per tree node, whose rows and labels differ from the full table's.
+        """
+        return self.icl_predictor.train_states(R_train, y_train)
+
+    def icl_from_states(self, R_test: Tensor, states: list[Tensor]) -> Tensor:
+        """(B, m, C*E) test rows -> (B, m, n_out): :meth:`icl` of ``cat(R_train, R_test)`` from its train states."""
+        return self.icl_predictor.predict_from_states(R_test, states)
+
     def build_train_cache(
         self,
         X_train: Tensor,
