@@ -151,4 +151,14 @@ def test_kept_key_value_caches_count_only_when_the_estimator_keeps_them():
         8 * 4 * 1000 * 21 * 24 * 512, train_cache_budget(InContextEstimator.train_cache_max_bytes)
     )
     assert MitraModel._kept_kv_cache_bytes(1000, 21, {"n_estimators": 16, "batch_size": 8}) == 0  # 8 per call
+    # A class tree keeps one cache per node: about one full cache per level (2 per call: 5 classes -> 3 levels).
+    assert TabPFNv2Model._kept_kv_cache_bytes(1000, 11, {"n_estimators": 8}, num_classes=5) == 3 * kept
+    assert TabPFNv2Model._kept_kv_cache_bytes(1000, 11, {"n_estimators": 8}, num_classes=2) == kept
+    tree_of_tens = {"n_estimators": 8, "max_classes_per_call": 10}
+    assert TabPFNv2Model._kept_kv_cache_bytes(1000, 11, tree_of_tens, num_classes=26) == 2 * kept
+    assert TabPFNv2Model._kept_kv_cache_bytes(1000, 11, tree_of_tens, num_classes=10) == kept
+    # TabICL's per-node caches too, where its memory plan (not the linear model) decides the estimate.
+    X = _frame(20_000, 50)
+    binary, five = (TabICLModel._activation_bytes_estimate(X, {}, None, k)[0] for k in (2, 5))
+    assert five > binary
 

@@ -419,7 +419,7 @@ class TFMBaseModel(AbstractTorchModel):
 
     @classmethod
     def _activation_bytes_estimate(
-        cls, X: pd.DataFrame, hyperparameters: dict | None, X_val: pd.DataFrame | None = None
+        cls, X: pd.DataFrame, hyperparameters: dict | None, X_val: pd.DataFrame | None = None, num_classes: Any = None
     ) -> tuple[int, int]:
         """(inference activations, finetuning extra) in bytes, with the safety factor, for the memory estimates.
 
@@ -443,7 +443,7 @@ class TFMBaseModel(AbstractTorchModel):
             )
 
         members = cls._members_per_call(hyperparameters)
-        kept_caches = cls._kept_kv_cache_bytes(n_rows, tokens_per_row, hyperparameters)
+        kept_caches = cls._kept_kv_cache_bytes(n_rows, tokens_per_row, hyperparameters, num_classes)
         if kept_caches:  # training rows alone, then test rows against their cached keys/values
             inference = max(activations(members, n_rows), activations(members, n_test))
         else:  # training and test rows in one call
@@ -457,9 +457,15 @@ class TFMBaseModel(AbstractTorchModel):
         return int(cls._MEMORY_SAFETY_FACTOR * inference) + kept_caches, int(fine_tune)
 
     @classmethod
-    def _kept_kv_cache_bytes(cls, n_rows: int, tokens_per_row: int, hyperparameters: dict) -> int:
+    def _kept_kv_cache_bytes(
+        cls, n_rows: int, tokens_per_row: int, hyperparameters: dict, num_classes: Any = None
+    ) -> int:
         """Training-row keys/values the estimator keeps between predictions (TabPFN v2, Mitra): every member's,
-        within the cache budget, when one call's caches fit ``memory_budget_bytes`` (else none are built)."""
+        within the cache budget, when one call's caches fit ``memory_budget_bytes`` (else none are built).
+
+        With more classes than one call decides, every class-tree node keeps its own cache; the nodes of one tree
+        level split the training rows, so a member keeps about one full cache per level.
+        """
         if not cls.kv_cache_vectors_per_token:
             return 0
         from autogluon_tfm.inference.base import InContextEstimator, train_cache_budget
@@ -468,7 +474,23 @@ class TFMBaseModel(AbstractTorchModel):
         if cls._members_per_call(hyperparameters) * per_member > InContextEstimator.memory_budget_bytes:
             return 0
         n_members = int(hyperparameters.get("n_estimators", 8))
-        return min(n_members * per_member, train_cache_budget(InContextEstimator.train_cache_max_bytes))
+        levels = cls._class_tree_levels(num_classes, hyperparameters.get("max_classes_per_call", "auto"))
+        return min(levels * n_members * per_member, train_cache_budget(InContextEstimator.train_cache_max_bytes))
+
+    @staticmethod
+    def _class_tree_levels(num_classes: Any, max_classes_per_call: Any) -> int:
+        """Levels of network calls in the class tree of ``num_classes`` classes (1: one call, no tree).
+
+        ``"auto"`` counts 2 classes per call, what the shipped weights' cards say (an official checkpoint's 10 gives
+        fewer levels: the estimate errs high).
+        """
+        if not isinstance(num_classes, (int, np.integer)) or num_classes <= 2:
+            return 1
+        per_call = 2 if max_classes_per_call == "auto" else max(int(max_classes_per_call), 2)
+        levels, reach = 1, per_call
+        while reach < num_classes:
+            levels, reach = levels + 1, reach * per_call
+        return levels
 
     @staticmethod
     def _members_per_call(hyperparameters: dict, max_by_memory: int | None = None) -> int:
@@ -500,7 +522,9 @@ class TFMBaseModel(AbstractTorchModel):
         processes (``benchmarks/memory.py``, results in ``benchmarks/results/memory.md``): 1.2-1.55x of the measured
         peak across 500-8,000 rows x 10-50 features.
         """
-        activation_bytes, fine_tune_bytes = cls._activation_bytes_estimate(X, hyperparameters, X_val)
+        activation_bytes, fine_tune_bytes = cls._activation_bytes_estimate(
+            X, hyperparameters, X_val, kwargs.get("num_classes")
+        )
         if cls._explicit_gpu_count(num_gpus):
             activation_bytes, fine_tune_bytes = 0, 0  # finetuning's network copies live on the device too
         data_bytes = 4 * int(get_approximate_df_mem_usage(X).sum())
@@ -520,7 +544,9 @@ class TFMBaseModel(AbstractTorchModel):
         """
         if cls._explicit_gpu_count(kwargs.get("num_gpus")) == 0:
             return 0
-        activation_bytes, fine_tune_bytes = cls._activation_bytes_estimate(X, hyperparameters, kwargs.get("X_val"))
+        activation_bytes, fine_tune_bytes = cls._activation_bytes_estimate(
+            X, hyperparameters, kwargs.get("X_val"), kwargs.get("num_classes")
+        )
         return int(cls._CUDA_CONTEXT_BYTES + cls.network_bytes_estimate + activation_bytes + fine_tune_bytes)
 
     # -------------------------------------------------------------------------------------------------- tags

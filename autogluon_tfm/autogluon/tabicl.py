@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 
 from autogluon_tfm.autogluon.base import TFMBaseModel
@@ -48,7 +50,7 @@ class TabICLModel(TFMBaseModel):
 
     @classmethod
     def _activation_bytes_estimate(
-        cls, X: pd.DataFrame, hyperparameters: dict | None, X_val: pd.DataFrame | None = None
+        cls, X: pd.DataFrame, hyperparameters: dict | None, X_val: pd.DataFrame | None = None, num_classes: Any = None
     ) -> tuple[int, int]:
         """The linear model of :class:`TFMBaseModel`, capped by TabICL's memory plan.
 
@@ -56,16 +58,19 @@ class TabICLModel(TFMBaseModel):
         each, batches members so their training-row states fit the budget, and keeps train caches up to the cache
         budget. The linear model alone grows without bound (225 GB at 100K x 50, so AutoGluon would skip a table
         well inside ``ag.max_rows``); the cap is ``1.25 x (members per call x member states + 2 stage chunks) +
-        kept caches``.
+        kept caches``. With a class tree every node keeps its cache (about one full cache per tree level).
         """
-        linear, fine_tune = super()._activation_bytes_estimate(X, hyperparameters, X_val)
+        linear, fine_tune = super()._activation_bytes_estimate(X, hyperparameters, X_val, num_classes)
         hyperparameters = hyperparameters or {}
         n_rows, n_features = X.shape
         budget = int(InContextEstimator.memory_budget_bytes)
         per_member = tabicl_member_bytes(n_rows, n_features, _FULL_COL_DIM, _FULL_ROW_DIM, _FULL_ICL_BLOCKS)
         working = cls._members_per_call(hyperparameters, budget // per_member) * per_member + budget // 2
+        levels = cls._class_tree_levels(num_classes, hyperparameters.get("max_classes_per_call", "auto"))
         caches = min(
-            int(hyperparameters.get("n_estimators", 8)) * tabicl_cache_bytes(n_rows, _FULL_ROW_DIM, _FULL_ICL_BLOCKS),
+            levels
+            * int(hyperparameters.get("n_estimators", 8))
+            * tabicl_cache_bytes(n_rows, _FULL_ROW_DIM, _FULL_ICL_BLOCKS),
             train_cache_budget(InContextEstimator.train_cache_max_bytes),
         )
         capped = int(cls._MEMORY_SAFETY_FACTOR * working + caches)
