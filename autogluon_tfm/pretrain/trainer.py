@@ -484,26 +484,26 @@ def _pretrain(
             loss.backward()
             out_of_time = budget_s is not None and time.time() - started >= budget_s
             value = loss.item()
+            measured = time.time()  # training time runs from one step's measurement to the next
+            step_wall_time = state["wall_time_s"] + measured - t_last
             if distributed:
                 _all_reduce_gradients(params, world_size)
-                # One small collective: the mean loss for the log, and a stop vote (any rank out of time stops all).
-                shared = torch.tensor([value, float(out_of_time)], dtype=torch.float64)
+                # One small collective: the mean loss for the log, a stop vote (any rank out of time stops all),
+                # and the mean training time, so that a time schedule gives every rank the same rate.
+                shared = torch.tensor([value, float(out_of_time), step_wall_time], dtype=torch.float64)
                 dist.all_reduce(shared)
                 value, out_of_time = float(shared[0]) / world_size, bool(shared[1] > 0)
+                step_wall_time = float(shared[2]) / world_size
             torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
             optimizer.step()
             now = time.time()
-            state["wall_time_s"] += now - t_last
-            t_last = now
+            state["wall_time_s"] = step_wall_time
+            t_last = measured
             state["step"] += 1
             state["tables_seen"] += X.shape[0] * world_size
             scheduler.step()  # after the progress update: the next step's rate reads the time spent so far
             ema_loss = value if ema_loss is None else 0.98 * ema_loss + 0.02 * value
-            schedule_spent = _time_fraction(cfg, state) >= 1
-            if distributed and cfg.schedule_minutes is not None:  # ranks' clocks differ: stop together
-                vote = torch.tensor([float(schedule_spent)])
-                dist.all_reduce(vote)
-                schedule_spent = bool(vote[0] > 0)
+            schedule_spent = _time_fraction(cfg, state) >= 1  # the same on every rank (shared training time)
             done = state["step"] >= cfg.steps or out_of_time or schedule_spent
             if is_main:
                 log.writerow([state["step"], f"{value:.5f}", f"{scheduler.get_last_lr()[0]:.3e}", state["tables_seen"],
