@@ -418,6 +418,11 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
         X_train_member = X_train[:, member.feature_order]
         y_member = member.class_pattern[self.y_train_]
 
+        def node_key(rows: np.ndarray) -> Any:
+            # A node is identified by its training rows (the class tree is fixed at fit), so a repeated prediction
+            # finds each node's train cache again.
+            return None if cache_key is None else (cache_key, "node", rows.tobytes())
+
         if self._shares_row_encoding(network):
             R_train, R_test = self._encode_cached(
                 network, X_train_member, y_member, X_test, member.feature_order, cache_key
@@ -432,10 +437,8 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
 
                 parts = []
                 with torch.no_grad(), self._autocast():
-                    # Keyed by the node's training rows (the tree is fixed at fit): a repeated prediction runs the
-                    # ICL stage on the test rows only.
-                    node_key = None if cache_key is None else ("icl", cache_key, hash(rows.tobytes()))
-                    states = build() if node_key is None else self._train_cache(network, node_key, build)
+                    key = node_key(rows)  # a repeated prediction runs the ICL stage on the test rows only
+                    states = build() if key is None else self._train_cache(network, ("icl", key), build)
                     for start in range(0, R_test.shape[1], step):
                         parts.append(network.icl_from_states(R_test[:, start : start + step], states.states)[0])
                 progress.update(-(-len(X_test) // self.max_test_rows_per_forward))
@@ -444,12 +447,9 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
         else:
 
             def node_logits(rows: np.ndarray, labels: np.ndarray, n_labels: int) -> np.ndarray:
-                # A node is identified by its training rows (the class tree is fixed at fit), so a repeated
-                # prediction finds each node's train cache (TabPFN v2 / Mitra keys and values) again.
-                node_key = None if cache_key is None else (cache_key, "node", hash(rows.tobytes()))
                 logits = self._forward(
                     network, X_train_member[rows][None], labels[None], X_test, [member.feature_order], progress,
-                    cache_key=node_key,
+                    cache_key=node_key(rows),
                 )
                 return logits[0]
 
