@@ -484,13 +484,18 @@ class TFMBaseModel(AbstractTorchModel):
         ``"auto"`` counts 2 classes per call, what the shipped weights' cards say (an official checkpoint's 10 gives
         fewer levels: the estimate errs high).
         """
+        from autogluon_tfm.inference.hierarchical import build_class_tree
+
         if not isinstance(num_classes, (int, np.integer)) or num_classes <= 2:
             return 1
         per_call = 2 if max_classes_per_call == "auto" else max(int(max_classes_per_call), 2)
-        levels, reach = 1, per_call
-        while reach < num_classes:
-            levels, reach = levels + 1, reach * per_call
-        return levels
+
+        def depth(node) -> int:  # nodes along the longest path that call the network (single-class leaves do not)
+            if node.is_leaf:
+                return int(len(node.classes) > 1)
+            return 1 + max(depth(child) for child in node.children)
+
+        return max(depth(build_class_tree(range(int(num_classes)), per_call)), 1)
 
     @staticmethod
     def _members_per_call(hyperparameters: dict, max_by_memory: int | None = None) -> int:
