@@ -21,7 +21,9 @@ from autogluon_tfm.pretrain.trainer import (
     REGRESSION_TARGET_CLAMP,
     PretrainConfig,
     PriorStream,
+    _advance_bar,
     _lr_factor,
+    _progress_bar,
     build_network,
     pretrain,
     size_limits,
@@ -89,11 +91,12 @@ def test_max_minutes_saves_and_stops_then_resumes(tmp_path):
 
 
 def test_schedule_minutes_decays_the_rate_over_training_time_and_ends_the_run(tmp_path):
-    # 0.15 s of training time, far fewer than the 10,000 steps: the time budget drives the cosine to 0.
-    cfg = tiny(tmp_path, steps=10_000, checkpoint_every=10_000, warmup_fraction=0.0, schedule_minutes=0.0025)
+    # 0.6 s of training time, far fewer than the 10,000 steps: the time budget drives the cosine to 0. (Long
+    # enough that a slow first step on a busy machine does not spend half of it.)
+    cfg = tiny(tmp_path, steps=10_000, checkpoint_every=10_000, warmup_fraction=0.0, schedule_minutes=0.01)
     last = pretrain(cfg)
     progress = torch.load(last, map_location="cpu", weights_only=True)["progress"]
-    assert 2 <= progress["step"] < 10_000 and progress["wall_time_s"] >= 0.15
+    assert 2 <= progress["step"] < 10_000 and progress["wall_time_s"] >= 0.6
     rates = [float(row["lr"]) for row in read_csv(tmp_path / "run" / "log.csv")]
     assert rates[-1] == 0.0 and rates[0] > 0.5 * cfg.lr  # decayed from near the peak to 0
     assert all(a >= b for a, b in itertools.pairwise(rates))
@@ -104,6 +107,22 @@ def test_schedule_minutes_decays_the_rate_over_training_time_and_ends_the_run(tm
     # The warmup ends after its share of the steps or of the time, whichever comes first.
     assert _lr_factor(10, 100_000, 2_000, time_fraction=0.01, warmup_time_fraction=0.02) == 0.5
     assert _lr_factor(10, 100_000, 2_000) == 11 / 2_000
+
+
+def test_progress_bar_counts_training_seconds_under_a_time_schedule(tmp_path):
+    # A time-scheduled run ends by time long before --steps: its bar's total is the schedule's seconds, not steps.
+    timed = tiny(tmp_path, steps=100_000, schedule_minutes=2)
+    bar = _progress_bar(timed, {"step": 7, "wall_time_s": 30.4}, disable=False)
+    assert (bar.total, bar.n) == (120, 30)
+    _advance_bar(bar, timed, {"step": 8, "wall_time_s": 95.6})
+    assert bar.n == 96
+    _advance_bar(bar, timed, {"step": 9, "wall_time_s": 500.0})  # never beyond the total
+    assert bar.n == 120
+    by_steps = tiny(tmp_path, steps=50)
+    bar = _progress_bar(by_steps, {"step": 7, "wall_time_s": 30.4}, disable=False)
+    assert (bar.total, bar.n) == (50, 7)
+    _advance_bar(bar, by_steps, {"step": 8, "wall_time_s": 31.0})
+    assert bar.n == 8
 
 
 def test_eval_every_with_a_custom_evaluator(tmp_path):

@@ -124,6 +124,28 @@ def _time_fraction(cfg: PretrainConfig, state: dict[str, Any]) -> float:
     return state["wall_time_s"] / (60.0 * cfg.schedule_minutes)
 
 
+def _progress_bar(cfg: PretrainConfig, state: dict[str, Any], disable: bool) -> tqdm:
+    """Steps out of ``steps``; with a time schedule, training seconds out of ``schedule_minutes`` instead.
+
+    A time-scheduled run (``--steps 100000 --schedule-minutes 80``) ends by time long before its step bound, so a
+    bar over steps would show a meaningless total and ETA.
+    """
+    if cfg.schedule_minutes is None:
+        return tqdm(total=cfg.steps, initial=state["step"], desc="pretrain", dynamic_ncols=True, disable=disable)
+    total = round(60.0 * cfg.schedule_minutes)
+    return tqdm(
+        total=total, initial=min(round(state["wall_time_s"]), total), desc="pretrain (training s)", unit="s",
+        dynamic_ncols=True, disable=disable,
+    )
+
+
+def _advance_bar(bar: tqdm, cfg: PretrainConfig, state: dict[str, Any]) -> None:
+    if cfg.schedule_minutes is None:
+        bar.update(1)
+    else:
+        bar.update(max(0, min(round(state["wall_time_s"]), bar.total) - bar.n))
+
+
 def size_limits(cfg: PretrainConfig, step: int) -> tuple[int, int]:
     """``(largest n_rows, largest n_features)`` a batch may draw at ``step`` under the curriculum."""
     if cfg.curriculum_steps <= 0:
@@ -466,7 +488,7 @@ def _pretrain(
     autocast = torch.autocast(
         device_type="cuda" if "cuda" in device else "cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"
     )
-    bar = tqdm(total=cfg.steps, initial=state["step"], desc="pretrain", dynamic_ncols=True, disable=not is_main)
+    bar = _progress_bar(cfg, state, disable=not is_main)
     t_last = time.time()
     t_progress = t_last
     ema_loss = None
@@ -508,8 +530,10 @@ def _pretrain(
             if is_main:
                 log.writerow([state["step"], f"{value:.5f}", f"{scheduler.get_last_lr()[0]:.3e}", state["tables_seen"],
                               f"{state['wall_time_s']:.1f}", X.shape[1], X.shape[2]])
-                bar.update(1)
-                bar.set_postfix(loss=f"{ema_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
+                _advance_bar(bar, cfg, state)
+                bar.set_postfix(
+                    step=state["step"], loss=f"{ema_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.1e}", refresh=False
+                )
                 if now - t_progress >= 60 or done:  # plain lines for logs of non-interactive (GPU, batch) jobs
                     t_progress = now
                     logger.info(
