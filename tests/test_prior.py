@@ -24,7 +24,7 @@ from autogluon_tfm.prior import (
     get_prior_config,
     max_features_for_rows,
 )
-from autogluon_tfm.prior.reg2cls import clip_outliers, order_rows_for_split
+from autogluon_tfm.prior.reg2cls import clip_outliers, order_rows_for_split, warp_regression_target
 
 
 def assert_valid_classification_batch(batch: PriorBatch, max_classes: int = 10) -> None:
@@ -137,6 +137,31 @@ def test_regression_mode_gives_finite_standardized_targets():
     assert (batch.y.std(dim=1) > 0.5).all() and (batch.y.std(dim=1) < 1.5).all()
     assert batch.y.mean(dim=1).abs().max() < 0.5
     assert not torch.equal(batch.y, batch.y.round()), "regression targets are continuous"
+
+
+def test_skewed_regression_prior_gives_long_right_tails_and_counts():
+    symmetric = torch.randn(400, generator=torch.Generator().manual_seed(0)).double()
+    always = get_prior_config("tabicl_mix_regression_skewed", target_warp_prob=1.0, target_count_prob=0.0)
+    warped = warp_regression_target(symmetric, PriorRandom(1), always)
+    assert abs(float(warped.mean())) < 1e-6 and abs(float(warped.std()) - 1) < 0.01  # re-standardized
+    assert float(warped.max()) > 2 * float(-warped.min())  # a long right tail
+    assert torch.equal(torch.argsort(warped), torch.argsort(symmetric))  # monotone: the signal is kept
+    counts = warp_regression_target(symmetric, PriorRandom(2), always.replace(target_count_prob=1.0))
+    assert len(torch.unique(counts)) < 100  # Poisson counts: few distinct values
+    # Off (every older config): the target and the random stream are untouched.
+    off, rng = get_prior_config("tabicl_mix_regression_learnable"), PriorRandom(3)
+    assert warp_regression_target(symmetric, rng, off) is symmetric and rng.uniform() == PriorRandom(3).uniform()
+    # Over whole tables the skewed prior's targets are more right-skewed than the plain one's.
+    def median_skew(name):
+        y = PriorSampler(name, seed=5).sample_batch(batch_size=16, n_rows=128, max_features=4).y.double()
+        z = (y - y.mean(1, keepdim=True)) / y.std(1, keepdim=True)
+        return float((z**3).mean(1).median())
+
+    assert median_skew("tabicl_mix_regression_skewed") > median_skew("tabicl_mix_regression_learnable") + 0.3
+    with pytest.raises(ValueError, match="regression"):
+        PriorConfig(target_warp_prob=0.5)  # a classification prior
+    with pytest.raises(ValueError, match="target_warp_scale"):
+        PriorConfig(task="regression", target_warp_scale=(1.0, 0.5))
 
 
 def test_missing_values_only_when_enabled():

@@ -104,6 +104,15 @@ class PriorConfig:
     # Trees are fitted on at most this many random rows (the targets are noise) and predict on all rows.
     mitra_tree_fit_rows: int = 512
 
+    # ---- skewed regression targets: real targets are often prices, durations or counts (long right tails), while an
+    # SCM's standardized, outlier-clipped output is roughly symmetric. With target_warp_prob the standardized target
+    # y becomes exp(s * y), s ~ U(target_warp_scale) (log-normal-like tails); a share target_count_prob of those is
+    # then replaced by Poisson counts around it (mean count log-uniform in target_count_mean). Re-standardized after.
+    target_warp_prob: float = 0.0
+    target_warp_scale: tuple[float, float] = (0.3, 1.5)
+    target_count_prob: float = 0.4
+    target_count_mean: tuple[float, float] = (0.5, 30.0)
+
     # ---- learnability filter: keep a table only if extra-trees beat the majority class on its test part by at
     # least `min_learnability_gain` accuracy (regression: reach that test R² over the training mean); unlearnable
     # tables are still kept with `keep_unlearnable_prob`.
@@ -154,6 +163,8 @@ class PriorConfig:
             "nan_prob",
             "imbalance_prob",
             "p_mitra_tree",
+            "target_warp_prob",
+            "target_count_prob",
         ):
             value = getattr(self, field_name)
             if not 0.0 <= value <= 1.0:
@@ -169,6 +180,12 @@ class PriorConfig:
         low, high = self.imbalance_concentration
         if not 0.0 < low <= high:
             raise ValueError(f"imbalance_concentration must satisfy 0 < low <= high, got {(low, high)}")
+        for field_name in ("target_warp_scale", "target_count_mean"):
+            low, high = getattr(self, field_name)
+            if not 0.0 < low <= high:
+                raise ValueError(f"{field_name} must satisfy 0 < low <= high, got {(low, high)}")
+        if self.target_warp_prob > 0 and self.task != "regression":
+            raise ValueError("target_warp_prob applies to regression priors only (task='regression')")
         if not self.mitra_tree_families or any(f not in MITRA_TREE_FAMILIES for f in self.mitra_tree_families):
             raise ValueError(f"mitra_tree_families must be a non-empty subset of {MITRA_TREE_FAMILIES}")
         if self.mitra_tree_max_depth < 1 or self.mitra_tree_max_estimators < 2 or self.mitra_tree_fit_rows < 2:
@@ -196,6 +213,16 @@ PRIOR_CONFIGS: dict[str, PriorConfig] = {
     ),
     "mitra_mix_regression_learnable": PriorConfig(
         name="mitra_mix_regression_learnable", p_tree=0.5, task="regression", min_learnability_gain=0.2
+    ),
+    # The filtered regression mixtures with skewed targets for half of the tables (a fifth of all as counts, before
+    # the learnability filter, which drops most noisy count tables).
+    "tabicl_mix_regression_skewed": PriorConfig(
+        name="tabicl_mix_regression_skewed", p_tree=0.3, task="regression", min_learnability_gain=0.2,
+        target_warp_prob=0.5,
+    ),
+    "mitra_mix_regression_skewed": PriorConfig(
+        name="mitra_mix_regression_skewed", p_tree=0.5, task="regression", min_learnability_gain=0.2,
+        target_warp_prob=0.5,
     ),
     # Mitra's own mixture: 50 % MLP SCM, 50 % split evenly among its five tree-based priors (DT, ET, RF, GB, DSRF),
     # with explicit class imbalance for a fifth of the classification tables.

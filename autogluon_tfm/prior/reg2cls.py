@@ -2,7 +2,8 @@
 
 Features: random categorical conversion of some columns -> robust outlier clipping -> removal of constant columns
 -> standardization (clipped to +-feature_clip) -> random column permutation (-> optional missing values).
-Target: robust outlier clipping -> standardization -> (classification) random class boundaries, dense class ids,
+Target: robust outlier clipping -> standardization -> (regression) optional right-skewed warp or counts,
+re-standardized; (classification) random class boundaries, dense class ids,
 random class permutation, and row swaps that guarantee every class appears in the train part (and in the test part).
 
 Statistics are computed in float64 because raw SCM outputs can reach ~1e15 (exp activations), whose squares
@@ -228,6 +229,22 @@ def inject_missing_values(x: torch.Tensor, rng: PriorRandom, config: PriorConfig
     return x.masked_fill(rng.rand(n_rows, n_columns) < probability, float("nan"))
 
 
+def warp_regression_target(target: torch.Tensor, rng: PriorRandom, config: PriorConfig) -> torch.Tensor | None:
+    """With ``config.target_warp_prob``: the standardized ``target (T,)`` made right-skewed (``exp(s * y)``), for a
+    share ``target_count_prob`` of those then drawn as Poisson counts around it; re-standardized. ``None`` if the
+    counts came out constant. Otherwise ``target`` unchanged."""
+    # No draw at all when off, so the older named configs replay exactly the same tables.
+    if config.target_warp_prob <= 0 or not rng.bernoulli(config.target_warp_prob):
+        return target
+    warped = torch.exp(rng.uniform(*config.target_warp_scale) * target)
+    if rng.bernoulli(config.target_count_prob):
+        rate = warped * (rng.log_uniform(*config.target_count_mean) / warped.mean())
+        warped = torch.poisson(rate, generator=rng.torch)
+        if not bool(warped.amax() > warped.amin()):
+            return None
+    return standardize(warped[:, None], config.feature_clip)[:, 0]
+
+
 def postprocess_table(
     X: torch.Tensor, y: torch.Tensor, n_train: int, n_classes: int, rng: PriorRandom, config: PriorConfig
 ) -> ProcessedTable | None:
@@ -254,6 +271,9 @@ def postprocess_table(
     target = standardize(target, config.feature_clip)[:, 0]
 
     if config.task == "regression":
+        target = warp_regression_target(target, rng, config)
+        if target is None:
+            return None
         return ProcessedTable(inject_missing_values(features, rng, config).float(), target.float(), 0)
 
     # Redrawing boundaries is much cheaper than redrawing the whole SCM when the bins are unusable.
