@@ -287,6 +287,22 @@ def test_scalar_oracle_minmax_scaling_is_exact():
         reg.predict_quantiles(X)
 
 
+class OvershootingScalarOracle(ScalarOracle):
+    """Mitra-like, but pushes every prediction 0.5 further from the middle of the scaled range ([0, 1])."""
+
+    def forward(self, X: torch.Tensor, y_train: torch.Tensor) -> torch.Tensor:
+        scaled = self.nearest_target(X, y_train)
+        return (scaled + torch.sign(scaled - 0.5) * 0.5)[..., None].float()
+
+
+def test_minmax_point_predictions_are_clipped_to_the_training_range():
+    X = distinct_rows(seed=6)
+    y = np.random.default_rng(7).uniform(2, 9, size=len(X))
+    pred = make_regressor("mitra", OvershootingScalarOracle()).fit(X, y).predict(X)
+    assert pred.min() >= y.min() and pred.max() <= y.max()
+    assert np.isclose(pred, y.min()).any() and np.isclose(pred, y.max()).any()  # overshoots land on the bounds
+
+
 def test_batch_size_and_test_chunking_do_not_change_results():
     X = distinct_rows(seed=6)
     y = np.random.default_rng(7).normal(size=len(X))

@@ -121,7 +121,8 @@ class TFMRegressor(RegressorMixin, InContextEstimator):
             cross-entropy; Mitra: squared error); early stopping watches the same loss of the ensemble prediction on
             the validation rows. A constant target is never finetuned (it is predicted exactly).
 
-    ``predict`` returns the mean of the predicted distribution averaged over members; ``predict_quantiles`` the
+    ``predict`` returns the mean of the predicted distribution averaged over members (Mitra: the point predictions
+    averaged, clipped to the training targets' range); ``predict_quantiles`` the
     quantiles of the members' averaged distribution (TabICL: members' quantiles averaged; TabPFN v2: mixture of the
     members' bar distributions). A constant target (including a single training row) is predicted exactly, without
     running the network.
@@ -283,6 +284,10 @@ class TFMRegressor(RegressorMixin, InContextEstimator):
             return np.zeros(0)
         head = self.head_
         scaled_mean = self._average_over_members(frame, lambda raw: head.mean(head.prepare(raw))[..., None])[:, 0]
+        if self.target_scaler_.method == "minmax":
+            # Mitra's point predictions live where its training targets were scaled to, [0, 1]; beyond that lies no
+            # training target at all (e.g. negative counts on a heavy-tailed count target), so they are clipped.
+            scaled_mean = np.clip(scaled_mean, 0.0, 1.0)
         return self.target_scaler_.inverse_transform(scaled_mean)
 
     def predict_quantiles(self, X: Any, quantiles: Sequence[float] = (0.1, 0.5, 0.9)) -> np.ndarray:
