@@ -7,6 +7,7 @@ import csv
 import itertools
 import json
 import math
+import subprocess
 import sys
 from pathlib import Path
 
@@ -123,6 +124,38 @@ def test_progress_bar_counts_training_seconds_under_a_time_schedule(tmp_path):
     assert (bar.total, bar.n) == (50, 7)
     _advance_bar(bar, by_steps, {"step": 8, "wall_time_s": 31.0})
     assert bar.n == 8
+
+
+_MMAP_PROBE = """
+import ctypes, sys
+import numpy as np
+from autogluon_tfm.pretrain.trainer import limit_heap_fragmentation
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+if sys.argv[1] == "limited":
+    assert limit_heap_fragmentation()
+big = np.empty(8 << 20, np.uint8)
+del big  # freeing an mmapped 8 MiB block makes glibc serve blocks below 8 MiB from the heap afterwards
+before = libc.mallinfo2().hblkhd
+block = np.empty(2 << 20, np.uint8)
+print(libc.mallinfo2().hblkhd - before >= 2 << 20)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning")
+def test_pretraining_serves_large_blocks_by_mmap_so_memory_goes_back_to_the_os():
+    def mmapped(mode: str) -> str:
+        done = subprocess.run([sys.executable, "-c", _MMAP_PROBE, mode], capture_output=True, text=True, check=True)
+        return done.stdout.strip()
+
+    # glibc's default: after a large free, a 2 MiB tensor comes from the (fragmenting) heap; limited: by mmap.
+    assert mmapped("default") == "False"
+    assert mmapped("limited") == "True"
 
 
 def test_eval_every_with_a_custom_evaluator(tmp_path):

@@ -17,6 +17,8 @@ See ``autogluon_tfm/pretrain/README.md`` for the protocol around runs.
 from __future__ import annotations
 
 import csv
+import ctypes
+import ctypes.util
 import json
 import logging
 import math
@@ -122,6 +124,30 @@ def _time_fraction(cfg: PretrainConfig, state: dict[str, Any]) -> float:
     if cfg.schedule_minutes is None:
         return 0.0
     return state["wall_time_s"] / (60.0 * cfg.schedule_minutes)
+
+
+# glibc's mallopt parameter number of M_MMAP_THRESHOLD, and the threshold pretraining sets.
+_M_MMAP_THRESHOLD = -3
+HEAP_MMAP_THRESHOLD = 1 << 20
+
+
+def limit_heap_fragmentation() -> bool:
+    """Serve CPU allocations of >= 1 MiB by mmap, so freed tensors go back to the OS (glibc only; else a no-op).
+
+    Every step draws a new table shape, so activation sizes keep changing. glibc raises its mmap threshold after
+    each large free (up to 32 MiB) and then serves such tensors from the heap, which fragments: a TabICL-small run
+    at 128-2,048 rows grew from 4.7 to 13.7 GB resident in 45 minutes and was OOM-killed on a 24 GB machine, while
+    the same run with the fixed 1 MiB threshold stayed at 1-2 GB. Returns whether the threshold was set.
+    """
+    name = ctypes.util.find_library("c")
+    if os.name != "posix" or name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (e.g. musl, macOS libSystem has no mallopt)
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD))
 
 
 def _progress_bar(cfg: PretrainConfig, state: dict[str, Any], disable: bool) -> tqdm:
@@ -435,6 +461,7 @@ def _pretrain(
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
+    limit_heap_fragmentation()
     torch.manual_seed(cfg.seed)
     net = build_network(cfg).to(device)
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
