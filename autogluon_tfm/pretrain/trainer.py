@@ -137,7 +137,8 @@ def limit_heap_fragmentation() -> bool:
     Every step draws a new table shape, so activation sizes keep changing. glibc raises its mmap threshold after
     each large free (up to 32 MiB) and then serves such tensors from the heap, which fragments: a TabICL-small run
     at 128-2,048 rows grew from 4.7 to 13.7 GB resident in 45 minutes and was OOM-killed on a 24 GB machine, while
-    the same run with the fixed 1 MiB threshold stayed at 1-2 GB. Returns whether the threshold was set.
+    the same run with the fixed 1 MiB threshold stayed at 1-2 GB. The setting is process-wide and stays after
+    ``pretrain`` returns (forked DataLoader workers inherit it). Returns whether the threshold was set.
     """
     name = ctypes.util.find_library("c")
     if os.name != "posix" or name is None:

@@ -177,10 +177,7 @@ class PriorConfig:
             raise ValueError("outlier_threshold and feature_clip must be > 0")
         if self.nan_mode not in NAN_MODES:
             raise ValueError(f"nan_mode must be one of {NAN_MODES}, got {self.nan_mode!r}")
-        low, high = self.imbalance_concentration
-        if not 0.0 < low <= high:
-            raise ValueError(f"imbalance_concentration must satisfy 0 < low <= high, got {(low, high)}")
-        for field_name in ("target_warp_scale", "target_count_mean"):
+        for field_name in ("imbalance_concentration", "target_warp_scale", "target_count_mean"):
             low, high = getattr(self, field_name)
             if not 0.0 < low <= high:
                 raise ValueError(f"{field_name} must satisfy 0 < low <= high, got {(low, high)}")

@@ -236,13 +236,13 @@ def warp_regression_target(target: torch.Tensor, rng: PriorRandom, config: Prior
     # No draw at all when off, so the older named configs replay exactly the same tables.
     if config.target_warp_prob <= 0 or not rng.bernoulli(config.target_warp_prob):
         return target
-    warped = torch.exp(rng.uniform(*config.target_warp_scale) * target)
+    warped = torch.exp(rng.uniform(*config.target_warp_scale) * target[:, None])
     if rng.bernoulli(config.target_count_prob):
         rate = warped * (rng.log_uniform(*config.target_count_mean) / warped.mean())
         warped = torch.poisson(rate, generator=rng.torch)
-        if not bool(warped.amax() > warped.amin()):
+        if not bool(non_constant_columns(warped).all()):
             return None
-    return standardize(warped[:, None], config.feature_clip)[:, 0]
+    return standardize(warped, config.feature_clip)[:, 0]
 
 
 def postprocess_table(
