@@ -285,6 +285,7 @@ def test_bad_training_input_raises(tiny_network, X, y, message):
         ({"norm_methods": ("none", "bogus")}, "bogus"),
         ({"norm_methods": ()}, "norm_methods"),
         ({"feat_shuffle": "sideways"}, "sideways"),
+        ({"categorical_order": "alphabetical"}, "alphabetical"),
         ({"precision": "int8"}, "int8"),
         ({"softmax_temperature": 0.0}, "softmax_temperature"),
         ({"max_classes_per_call": 1}, "max_classes_per_call"),
@@ -472,6 +473,54 @@ def test_table_encoder_categories_missing_and_unseen():
         {"num": [-np.inf], "cat": pd.Categorical(["zebra"]), "obj": ["never"], "flag": [False], "empty": [5.0]}
     )
     np.testing.assert_array_equal(encoder.transform(unseen)[0], [-1, -1, 0, 2, 5.0])
+
+
+def test_table_encoder_target_order_ranks_many_categories_by_smoothed_mean():
+    # 12 cities (>= TARGET_ORDER_MIN_CATEGORIES): city c has target 10 * (11 - c), so the lexical order c00 < c01 <
+    # ... is the reverse of the target order; 3 sizes (few categories) keep their sorted codes.
+    cities = np.repeat([f"c{c:02d}" for c in range(12)], 4)
+    target = np.repeat(10.0 * (11 - np.arange(12)), 4)
+    sizes = np.resize(["s", "m", "l"], len(cities))
+    train = pd.DataFrame({"city": cities, "size": pd.Categorical(sizes), "x": np.arange(len(cities), dtype=float)})
+    encoder = TableEncoder(categorical_order="target").fit(train, target)
+    encoded = encoder.transform(train)
+    np.testing.assert_array_equal(encoded[:, 0], np.repeat(11 - np.arange(12), 4))  # highest target -> highest code
+    np.testing.assert_array_equal(encoded[:, 1], TableEncoder().fit(train).transform(train)[:, 1])  # l < m < s
+    np.testing.assert_array_equal(encoded[:, 2], train["x"])
+    unseen = pd.DataFrame({"city": ["zzz", None], "size": pd.Categorical(["m", None]), "x": [0.0, 1.0]})
+    np.testing.assert_array_equal(encoder.transform(unseen)[:, :2], [[-1, 1], [-1, -1]])
+    # Smoothing: a city seen once with a target of 130 (above every other city's 0..110) ranks below the cities seen
+    # four times with means 90..110; unsmoothed it would rank last.
+    rare = pd.concat([train, pd.DataFrame({"city": ["c99"], "size": pd.Categorical(["m"]), "x": [0.0]})])
+    codes = TableEncoder(categorical_order="target").fit(rare, np.append(target, 130.0)).transform(rare)[:, 0]
+    assert codes[-1] == 9 and codes.max() == 12
+    # Nothing is reordered by default, and the target order needs a target.
+    np.testing.assert_array_equal(TableEncoder().fit(train).transform(train)[:4, 0], 0)
+    with pytest.raises(ValueError, match="needs the training target"):
+        TableEncoder(categorical_order="target").fit(train)
+    with pytest.raises(ValueError, match="47 values for 48 rows"):
+        TableEncoder(categorical_order="target").fit(train, target[:-1])
+    with pytest.raises(ValueError, match="sideways"):
+        TableEncoder(categorical_order="sideways").fit(train)
+
+
+def test_classifier_target_orders_categories_for_binary_labels_only(tiny_network):
+    rng = np.random.default_rng(0)
+    n_rows = 60
+    city = rng.choice([f"c{c:02d}" for c in range(12)], size=n_rows)
+    X = pd.DataFrame({"city": city, "x": rng.normal(size=n_rows)})
+    binary = np.where(np.isin(city, ["c00", "c05", "c07"]), "yes", "no")
+    auto = make_classifier(tiny_network).fit(X, binary)
+    ranks = auto.encoder_.category_ranks_[0]
+    # the three "yes" cities get the three highest codes
+    assert set(ranks[[0, 5, 7]]) == {9.0, 10.0, 11.0}
+    lexical = make_classifier(tiny_network, categorical_order="lexical").fit(X, binary)
+    assert lexical.encoder_.category_ranks_ is None
+    three_classes = np.where(city < "c04", "a", np.where(city < "c08", "b", "c"))
+    assert make_classifier(tiny_network).fit(X, three_classes).encoder_.category_ranks_ is None
+    forced = make_classifier(tiny_network, categorical_order="target")
+    with pytest.raises(ValueError, match="binary"):
+        forced.fit(X, three_classes)
 
 
 # --------------------------------------------------------------------------------------------------- ensemble units

@@ -159,6 +159,21 @@ def test_fit_predict_shapes_scale_and_affine_equivariance(tiny_networks, model):
     np.testing.assert_allclose(pred_big, pred * 1000 + 1e6, rtol=0, atol=1e-6 * span)
 
 
+def test_many_level_categoricals_are_ranked_by_target_by_default(tiny_networks):
+    rng = np.random.default_rng(1)
+    level = rng.permutation(np.repeat(np.arange(15), 6))  # 15 ZIP codes, 6 rows each
+    effect = rng.permutation(15).astype(float)  # the sorted names z00 < z01 < ... say nothing about the target
+    X = pd.DataFrame({"zip": [f"z{v:02d}" for v in level], "x": rng.normal(size=len(level))})
+    y = effect[level] + 0.01 * rng.normal(size=len(level))
+    reg = make_regressor("tabicl", tiny_networks["tabicl"]).fit(X, y)
+    codes = reg.encoder_.transform(X)[:, 0]
+    mean_by_code = pd.Series(y).groupby(codes).mean()
+    assert list(mean_by_code.index) == list(range(15)) and mean_by_code.is_monotonic_increasing
+    lexical = make_regressor("tabicl", tiny_networks["tabicl"], categorical_order="lexical").fit(X, y)
+    np.testing.assert_array_equal(lexical.encoder_.transform(X)[:, 0], level)
+    assert not np.allclose(reg.predict(X), lexical.predict(X))
+
+
 @pytest.mark.parametrize("model", list(MODELS))
 def test_deterministic_and_single_row_equals_batch(tiny_networks, model):
     X, y = regression_frame()
@@ -411,6 +426,7 @@ def test_bad_prediction_input_raises(tiny_networks):
         ({"batch_size": 0}, "batch_size"),
         ({"norm_methods": ("none", "bogus")}, "bogus"),
         ({"feat_shuffle": "sideways"}, "sideways"),
+        ({"categorical_order": "alphabetical"}, "alphabetical"),
         ({"precision": "int8"}, "int8"),
         ({"outlier_threshold": 0}, "outlier_threshold"),
         ({"model": "xgboost"}, "Unknown model"),

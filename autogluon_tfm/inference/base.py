@@ -24,7 +24,7 @@ from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
 from autogluon_tfm.inference.ensemble import FEATURE_SHUFFLE_METHODS, EnsembleMember
-from autogluon_tfm.inference.preprocessing import NORM_METHODS, as_frame
+from autogluon_tfm.inference.preprocessing import CATEGORICAL_ORDERS, NORM_METHODS, as_frame
 
 __all__ = ["FINE_TUNE_MODES", "PRECISIONS", "InContextEstimator", "resolve_device", "resolve_precision"]
 
@@ -175,8 +175,8 @@ class InContextEstimator(BaseEstimator):
 
     Subclasses set :attr:`_task` and use the fitted attributes ``members_``, ``network_``, ``device_``,
     ``precision_``, ``n_features_in_`` and ``feature_names_in_`` (DataFrame input). Parameters read here:
-    ``model``, ``checkpoint``, ``n_estimators``, ``norm_methods``, ``feat_shuffle``, ``outlier_threshold``,
-    ``batch_size``, ``device``, ``precision``, ``random_state``, ``verbose``, and the finetuning parameters both
+    ``model``, ``checkpoint``, ``n_estimators``, ``norm_methods``, ``feat_shuffle``, ``categorical_order``,
+    ``outlier_threshold``, ``batch_size``, ``device``, ``precision``, ``random_state``, ``verbose``, and the finetuning parameters both
     estimators share:
 
     - ``fine_tune``: ``None`` (in-context learning only), ``"full"`` (all weights) or ``"lora"`` (LoRA adapters,
@@ -221,6 +221,10 @@ class InContextEstimator(BaseEstimator):
             raise ValueError(f"Unknown norm_methods {unknown}; expected a subset of {NORM_METHODS}.")
         if self.feat_shuffle not in FEATURE_SHUFFLE_METHODS:
             raise ValueError(f"Unknown feat_shuffle {self.feat_shuffle!r}; expected one of {FEATURE_SHUFFLE_METHODS}.")
+        if self.categorical_order not in ("auto", *CATEGORICAL_ORDERS):
+            raise ValueError(
+                f"Unknown categorical_order {self.categorical_order!r}; expected 'auto' or one of {CATEGORICAL_ORDERS}."
+            )
         for name in ("n_estimators", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:

@@ -61,6 +61,10 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
         n_estimators: number of ensemble members (fewer on tiny tables, see ``build_ensemble``).
         norm_methods: normalisation variants cycled over members; from ``NORM_METHODS``.
         feat_shuffle: feature-order strategy: ``"latin"``, ``"shift"``, ``"random"`` or ``"none"``.
+        categorical_order: how categorical columns are numbered: ``"target"`` ranks a column's categories by their
+            smoothed rate of the second class (binary labels only; see
+            :class:`~autogluon_tfm.inference.preprocessing.TableEncoder`), ``"lexical"`` in sorted order (the
+            official TabICL encoding); ``"auto"`` = ``"target"`` for two classes, ``"lexical"`` for more.
         class_shift: circularly shift class ids per member.
         outlier_threshold: soft-clip features beyond this many standard deviations.
         softmax_temperature: probabilities are ``softmax(averaged logits / softmax_temperature)``.
@@ -105,6 +109,7 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
         n_estimators: int = 8,
         norm_methods: Sequence[str] = ("none", "power"),
         feat_shuffle: str = "latin",
+        categorical_order: str = "auto",
         class_shift: bool = True,
         outlier_threshold: float = 4.0,
         softmax_temperature: float = 0.9,
@@ -130,6 +135,7 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
         self.n_estimators = n_estimators
         self.norm_methods = norm_methods
         self.feat_shuffle = feat_shuffle
+        self.categorical_order = categorical_order
         self.class_shift = class_shift
         self.outlier_threshold = outlier_threshold
         self.softmax_temperature = softmax_temperature
@@ -231,7 +237,15 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
         elif hasattr(self, "feature_names_in_"):
             del self.feature_names_in_  # refit on an array: forget names of a previous DataFrame fit
 
-        self.encoder_ = TableEncoder().fit(frame)
+        order = self.categorical_order
+        if order == "auto":  # a binary label has one target axis to rank by; several classes have none
+            order = "target" if self.n_classes_ == 2 else "lexical"
+        elif order == "target" and self.n_classes_ != 2:
+            raise ValueError(
+                f'categorical_order="target" ranks categories by the rate of the second class and needs a binary '
+                f"label; y has {self.n_classes_} classes. Use 'auto' or 'lexical'."
+            )
+        self.encoder_ = TableEncoder(categorical_order=order).fit(frame, y_encoded if order == "target" else None)
         X_encoded = self.encoder_.transform(frame)
         self.preprocessor_ = EnsemblePreprocessor(norm_methods, self.outlier_threshold, seed).fit(X_encoded)
         self.y_train_ = y_encoded

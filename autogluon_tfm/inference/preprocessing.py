@@ -4,9 +4,9 @@ Two stages, both fitted on the training rows only and applied row-wise (so a row
 other rows it is predicted with):
 
 1. :class:`TableEncoder` turns a DataFrame / array into a float matrix: categorical columns (object, string,
-   category, bool) are ordinal-encoded with unknown and missing values mapped to ``-1``; numeric columns get
-   ``+-inf`` treated as missing and are mean-imputed. Output order is categoricals first, then numerics (the order the
-   official TabICL estimator feeds its network).
+   category, bool) are ordinal-encoded (in sorted order, or ranked by mean training target) with unknown and missing
+   values mapped to ``-1``; numeric columns get ``+-inf`` treated as missing and are mean-imputed. Output order is
+   categoricals first, then numerics (the order the official TabICL estimator feeds its network).
 2. :class:`EnsemblePreprocessor` drops constant columns and fits one :class:`NormalizationPipeline` per
    normalisation method: standard scaling clipped to +-100 -> optional scikit-learn normaliser (Yeo-Johnson, ...)
    -> soft clipping of outliers beyond ``outlier_threshold`` standard deviations.
@@ -26,6 +26,7 @@ from sklearn.preprocessing import OrdinalEncoder, PowerTransformer, QuantileTran
 from sklearn.utils.validation import check_is_fitted
 
 __all__ = [
+    "CATEGORICAL_ORDERS",
     "NORM_METHODS",
     "EnsemblePreprocessor",
     "NormalizationPipeline",
@@ -35,6 +36,14 @@ __all__ = [
 ]
 
 NORM_METHODS = ("none", "power", "quantile", "robust")
+CATEGORICAL_ORDERS = ("lexical", "target")
+# Pseudo-rows at the overall mean target added to every category before ranking: a category seen once or twice
+# ranks near the middle instead of at the extreme its few targets would put it.
+TARGET_ORDER_SMOOTHING = 3.0
+# Columns with fewer categories keep their sorted codes under categorical_order="target" (measured on the dev
+# datasets: ranking 5-8 diamond grades by price made TabPFN v2 5% worse; ranking 37-167 cities, countries or agents
+# made TabICL 4-10% better).
+TARGET_ORDER_MIN_CATEGORIES = 11
 
 # Scaled values are clipped here before any normaliser so that a single extreme value cannot dominate.
 _SCALED_CLIP = 100.0
@@ -112,9 +121,26 @@ class TableEncoder(TransformerMixin, BaseEstimator):
     Unknown categories at transform time and missing categories encode as ``-1``. ``+-inf`` in numeric columns is
     treated as missing. All-missing numeric columns are kept (imputed with 0) so that the output width does not
     depend on missingness; constant-column removal happens later.
+
+    ``categorical_order``: ``"lexical"`` numbers the categories of a column in sorted order (the official TabICL
+    estimator's encoding); ``"target"`` numbers the categories of every column with more than
+    ``TARGET_ORDER_MIN_CATEGORIES - 1`` of them by their mean training target, smoothed towards the overall mean with
+    ``TARGET_ORDER_SMOOTHING`` pseudo-rows (``fit`` then needs ``y``: a numeric target, or 0/1 for a binary label).
+    The codes stay ranks 0..k-1, so only their order carries the target: neighbouring codes are categories with
+    similar targets, which a network reading the column as a number can use (the order in which a regression tree
+    finds its best categorical split), whereas the sorted order of many country or ZIP codes is arbitrary. Columns
+    with few categories keep the sorted order: it is often a natural one (grades, colour letters), and a network
+    tells a few levels apart anyway.
     """
 
+    def __init__(self, categorical_order: str = "lexical"):
+        self.categorical_order = categorical_order
+
     def fit(self, X, y=None) -> TableEncoder:
+        if self.categorical_order not in CATEGORICAL_ORDERS:
+            raise ValueError(
+                f"Unknown categorical_order {self.categorical_order!r}; expected one of {CATEGORICAL_ORDERS}."
+            )
         frame = as_frame(X)
         if frame.shape[1] == 0:
             raise ValueError("X has 0 columns; at least one feature is required.")
@@ -127,7 +153,13 @@ class TableEncoder(TransformerMixin, BaseEstimator):
             self.ordinal_encoder_ = OrdinalEncoder(
                 handle_unknown="use_encoded_value", unknown_value=-1, encoded_missing_value=-1, dtype=np.float64
             )
-            self.ordinal_encoder_.fit(_categorical_block(frame, self.categorical_columns_))
+            categories = _categorical_block(frame, self.categorical_columns_)
+            self.ordinal_encoder_.fit(categories)
+        self.category_ranks_: list[np.ndarray | None] | None = None
+        if self.categorical_columns_ and self.categorical_order == "target":
+            self.category_ranks_ = _target_ranks(
+                self.ordinal_encoder_.transform(categories), _order_target(y, len(frame))
+            )
         if self.numeric_columns_:
             self.imputer_ = SimpleImputer(strategy="mean", keep_empty_features=True)
             with warnings.catch_warnings():
@@ -142,10 +174,54 @@ class TableEncoder(TransformerMixin, BaseEstimator):
             raise ValueError(f"X has {frame.shape[1]} columns, but the encoder was fitted with {self.n_features_in_}.")
         blocks = []
         if self.ordinal_encoder_ is not None:
-            blocks.append(self.ordinal_encoder_.transform(_categorical_block(frame, self.categorical_columns_)))
+            codes = self.ordinal_encoder_.transform(_categorical_block(frame, self.categorical_columns_))
+            category_ranks = getattr(self, "category_ranks_", None)  # absent in encoders pickled before it existed
+            if category_ranks is not None:
+                for j, ranks in enumerate(category_ranks):
+                    if ranks is None:
+                        continue
+                    present = codes[:, j] >= 0
+                    codes[present, j] = ranks[codes[present, j].astype(np.int64)]
+            blocks.append(codes)
         if self.imputer_ is not None:
             blocks.append(self.imputer_.transform(_numeric_block(frame, self.numeric_columns_)))
         return np.hstack(blocks).astype(np.float64, copy=False)
+
+
+def _order_target(y, n_rows: int) -> np.ndarray:
+    if y is None:
+        raise ValueError('categorical_order="target" needs the training target: call fit(X, y).')
+    target = np.asarray(y, dtype=np.float64).reshape(-1)
+    if target.shape[0] != n_rows:
+        raise ValueError(f"y has {target.shape[0]} values for {n_rows} rows of X.")
+    if not np.all(np.isfinite(target)):
+        raise ValueError("y has missing or infinite values; the target order of the categories needs finite values.")
+    return target
+
+
+def _target_ranks(codes: np.ndarray, target: np.ndarray) -> list[np.ndarray | None]:
+    """Per column: ``ranks[lexical_code]`` = position of the category when sorted by smoothed mean target (None: the
+    column has too few categories and keeps its lexical codes).
+
+    Ties (e.g. categories seen once with the same target) keep their lexical order, so the ranks are deterministic.
+    """
+    overall = float(target.mean())
+    ranks: list[np.ndarray | None] = []
+    for j in range(codes.shape[1]):
+        present = codes[:, j] >= 0
+        column = codes[present, j].astype(np.int64)
+        n_categories = int(column.max()) + 1 if column.size else 0
+        if n_categories < TARGET_ORDER_MIN_CATEGORIES:
+            ranks.append(None)
+            continue
+        sums = np.bincount(column, weights=target[present], minlength=n_categories)
+        counts = np.bincount(column, minlength=n_categories)
+        smoothed = (sums + TARGET_ORDER_SMOOTHING * overall) / (counts + TARGET_ORDER_SMOOTHING)
+        order = np.argsort(smoothed, kind="stable")
+        rank = np.empty(n_categories, dtype=np.float64)
+        rank[order] = np.arange(n_categories, dtype=np.float64)
+        ranks.append(rank)
+    return ranks
 
 
 class OutlierSoftClipper(TransformerMixin, BaseEstimator):

@@ -108,6 +108,9 @@ class TFMRegressor(RegressorMixin, InContextEstimator):
         n_estimators: number of ensemble members (fewer on tiny tables, see ``build_ensemble``).
         norm_methods: normalisation variants cycled over members; from ``NORM_METHODS``.
         feat_shuffle: feature-order strategy: ``"latin"``, ``"shift"``, ``"random"`` or ``"none"``.
+        categorical_order: how categorical columns are numbered: ``"target"`` ranks a column's categories by their
+            smoothed mean training target (see :class:`~autogluon_tfm.inference.preprocessing.TableEncoder`),
+            ``"lexical"`` in sorted order (the official TabICL encoding); ``"auto"`` = ``"target"``.
         outlier_threshold: soft-clip features beyond this many standard deviations.
         batch_size: ensemble members per network call.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, or a ``torch.device``.
@@ -143,6 +146,7 @@ class TFMRegressor(RegressorMixin, InContextEstimator):
         n_estimators: int = 8,
         norm_methods: Sequence[str] = ("none", "power"),
         feat_shuffle: str = "latin",
+        categorical_order: str = "auto",
         outlier_threshold: float = 4.0,
         batch_size: int = 8,
         device: str | torch.device = "auto",
@@ -164,6 +168,7 @@ class TFMRegressor(RegressorMixin, InContextEstimator):
         self.n_estimators = n_estimators
         self.norm_methods = norm_methods
         self.feat_shuffle = feat_shuffle
+        self.categorical_order = categorical_order
         self.outlier_threshold = outlier_threshold
         self.batch_size = batch_size
         self.device = device
@@ -213,7 +218,8 @@ class TFMRegressor(RegressorMixin, InContextEstimator):
             self.feature_names_in_ = np.asarray(frame.columns, dtype=object)
         elif hasattr(self, "feature_names_in_"):
             del self.feature_names_in_  # refit on an array: forget names of a previous DataFrame fit
-        self.encoder_ = TableEncoder().fit(frame)
+        order = "target" if self.categorical_order == "auto" else self.categorical_order
+        self.encoder_ = TableEncoder(categorical_order=order).fit(frame, targets)
         X_encoded = self.encoder_.transform(frame)
         self.preprocessor_ = EnsemblePreprocessor(norm_methods, self.outlier_threshold, seed).fit(X_encoded)
         self.members_: list[EnsembleMember] = build_ensemble(
