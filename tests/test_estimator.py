@@ -487,8 +487,14 @@ def test_table_encoder_target_order_ranks_many_categories_by_smoothed_mean():
     np.testing.assert_array_equal(encoded[:, 0], np.repeat(11 - np.arange(12), 4))  # highest target -> highest code
     np.testing.assert_array_equal(encoded[:, 1], TableEncoder().fit(train).transform(train)[:, 1])  # l < m < s
     np.testing.assert_array_equal(encoded[:, 2], train["x"])
+    # An unknown city (and a missing one: training had none) has the overall mean, 55: half-way between the cities
+    # with means 50 (code 5) and 60 (code 6). The few-category column keeps -1 for both.
     unseen = pd.DataFrame({"city": ["zzz", None], "size": pd.Categorical(["m", None]), "x": [0.0, 1.0]})
-    np.testing.assert_array_equal(encoder.transform(unseen)[:, :2], [[-1, 1], [-1, -1]])
+    np.testing.assert_array_equal(encoder.transform(unseen)[:, :2], [[5.5, 1], [5.5, -1]])
+    # Missing cities seen in training rank like a category (here the lowest target).
+    with_missing = train.assign(city=train["city"].where(train["city"] != "c11", None))
+    codes = TableEncoder(categorical_order="target").fit(with_missing, target).transform(with_missing)[:, 0]
+    np.testing.assert_array_equal(codes, np.repeat(11 - np.arange(12), 4))
     # Smoothing: a city seen once with a target of 130 (above every other city's 0..110) ranks below the cities seen
     # four times with means 90..110; unsmoothed it would rank last.
     rare = pd.concat([train, pd.DataFrame({"city": ["c99"], "size": pd.Categorical(["m"]), "x": [0.0]})])

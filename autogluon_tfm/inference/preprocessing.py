@@ -157,9 +157,9 @@ class TableEncoder(TransformerMixin, BaseEstimator):
             self.ordinal_encoder_.fit(categories)
         self.category_ranks_: list[np.ndarray | None] | None = None
         if self.categorical_columns_ and self.categorical_order == "target":
-            self.category_ranks_ = _target_ranks(
-                self.ordinal_encoder_.transform(categories), _order_target(y, len(frame))
-            )
+            n_known = _known_category_counts(self.ordinal_encoder_)
+            buckets = _bucket_codes(self.ordinal_encoder_.transform(categories), categories, n_known)
+            self.category_ranks_ = _target_ranks(buckets, _order_target(y, len(frame)), n_known)
         if self.numeric_columns_:
             self.imputer_ = SimpleImputer(strategy="mean", keep_empty_features=True)
             with warnings.catch_warnings():
@@ -174,14 +174,14 @@ class TableEncoder(TransformerMixin, BaseEstimator):
             raise ValueError(f"X has {frame.shape[1]} columns, but the encoder was fitted with {self.n_features_in_}.")
         blocks = []
         if self.ordinal_encoder_ is not None:
-            codes = self.ordinal_encoder_.transform(_categorical_block(frame, self.categorical_columns_))
+            categories = _categorical_block(frame, self.categorical_columns_)
+            codes = self.ordinal_encoder_.transform(categories)
             category_ranks = getattr(self, "category_ranks_", None)  # absent in encoders pickled before it existed
             if category_ranks is not None:
+                buckets = _bucket_codes(codes, categories, _known_category_counts(self.ordinal_encoder_))
                 for j, ranks in enumerate(category_ranks):
-                    if ranks is None:
-                        continue
-                    present = codes[:, j] >= 0
-                    codes[present, j] = ranks[codes[present, j].astype(np.int64)]
+                    if ranks is not None:
+                        codes[:, j] = ranks[buckets[:, j]]
             blocks.append(codes)
         if self.imputer_ is not None:
             blocks.append(self.imputer_.transform(_numeric_block(frame, self.numeric_columns_)))
@@ -199,27 +199,43 @@ def _order_target(y, n_rows: int) -> np.ndarray:
     return target
 
 
-def _target_ranks(codes: np.ndarray, target: np.ndarray) -> list[np.ndarray | None]:
-    """Per column: ``ranks[lexical_code]`` = position of the category when sorted by smoothed mean target (None: the
-    column has too few categories and keeps its lexical codes).
+def _known_category_counts(encoder: OrdinalEncoder) -> list[int]:
+    # categories_ ends with NaN when the training column had missing values: that is not a category.
+    return [int(np.sum(~pd.isna(values))) for values in encoder.categories_]
 
-    Ties (e.g. categories seen once with the same target) keep their lexical order, so the ranks are deterministic.
+
+def _bucket_codes(codes: np.ndarray, categories: np.ndarray, n_known: Sequence[int]) -> np.ndarray:
+    """Ordinal codes (-1 = missing or unknown) with missing and unknown values told apart: a column with ``k``
+    known categories keeps ``0..k-1`` for them and gets ``k`` for a missing value, ``k + 1`` for an unknown one."""
+    buckets = codes.astype(np.int64)
+    missing = pd.isna(categories)
+    for j, k in enumerate(n_known):
+        column = buckets[:, j]  # a view: edits land in buckets
+        column[missing[:, j]] = k
+        column[column == -1] = k + 1
+    return buckets
+
+
+def _target_ranks(buckets: np.ndarray, target: np.ndarray, n_known: Sequence[int]) -> list[np.ndarray | None]:
+    """Per column: ``ranks[bucket]`` (see :func:`_bucket_codes`) = position of the category when sorted by smoothed
+    mean target; None where the column has too few categories and keeps its lexical codes.
+
+    Missing values seen in training rank like a category. An unknown category (and a missing value when training had
+    none) has no target of its own: its smoothed mean is the overall mean, so it sits half-way between the categories
+    ranked just below and just above that. Ties keep their lexical order, so the ranks are deterministic.
     """
     overall = float(target.mean())
     ranks: list[np.ndarray | None] = []
-    for j in range(codes.shape[1]):
-        present = codes[:, j] >= 0
-        column = codes[present, j].astype(np.int64)
-        n_categories = int(column.max()) + 1 if column.size else 0
-        if n_categories < TARGET_ORDER_MIN_CATEGORIES:
+    for j, k in enumerate(n_known):
+        if k < TARGET_ORDER_MIN_CATEGORIES:
             ranks.append(None)
             continue
-        sums = np.bincount(column, weights=target[present], minlength=n_categories)
-        counts = np.bincount(column, minlength=n_categories)
+        sums = np.bincount(buckets[:, j], weights=target, minlength=k + 2)
+        counts = np.bincount(buckets[:, j], minlength=k + 2)
         smoothed = (sums + TARGET_ORDER_SMOOTHING * overall) / (counts + TARGET_ORDER_SMOOTHING)
-        order = np.argsort(smoothed, kind="stable")
-        rank = np.empty(n_categories, dtype=np.float64)
-        rank[order] = np.arange(n_categories, dtype=np.float64)
+        seen = np.flatnonzero(counts > 0)
+        rank = np.full(k + 2, float(np.sum(smoothed[seen] < overall)) - 0.5)
+        rank[seen[np.argsort(smoothed[seen], kind="stable")]] = np.arange(len(seen), dtype=np.float64)
         ranks.append(rank)
     return ranks
 
