@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import logging
 
+import huggingface_hub
+import huggingface_hub.constants  # before any test sets HF_HUB_CACHE: the default cache path is read at its import
 import pytest
 import torch
 
@@ -63,7 +65,6 @@ def test_official_file_from_local_hf_cache(tmp_path, monkeypatch, official_tiny_
     cache = tmp_path / "hf"
     _fake_hf_cache(cache, "jingang/TabICL", filename, payload)
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    import huggingface_hub
 
     def no_download(*args, **kwargs):
         raise AssertionError("autogluon-tfm must never download implicitly")
