@@ -173,6 +173,12 @@ def test_many_level_categoricals_are_ranked_by_target_by_default(tiny_networks):
     np.testing.assert_array_equal(lexical.encoder_.transform(X)[:, 0], level)
     assert not np.allclose(reg.predict(X), lexical.predict(X))
 
+    # An estimator pickled before categorical_order existed encoded in sorted order: it unpickles as "lexical".
+    del lexical.__dict__["categorical_order"]
+    old = pickle.loads(pickle.dumps(lexical))
+    assert old.get_params()["categorical_order"] == "lexical"
+    np.testing.assert_array_equal(old.predict(X), lexical.predict(X))
+
 
 @pytest.mark.parametrize("model", list(MODELS))
 def test_deterministic_and_single_row_equals_batch(tiny_networks, model):

@@ -176,8 +176,8 @@ class InContextEstimator(BaseEstimator):
     Subclasses set :attr:`_task` and use the fitted attributes ``members_``, ``network_``, ``device_``,
     ``precision_``, ``n_features_in_`` and ``feature_names_in_`` (DataFrame input). Parameters read here:
     ``model``, ``checkpoint``, ``n_estimators``, ``norm_methods``, ``feat_shuffle``, ``categorical_order``,
-    ``outlier_threshold``, ``batch_size``, ``device``, ``precision``, ``random_state``, ``verbose``, and the finetuning parameters both
-    estimators share:
+    ``outlier_threshold``, ``batch_size``, ``device``, ``precision``, ``random_state``, ``verbose``, and the finetuning
+    parameters both estimators share:
 
     - ``fine_tune``: ``None`` (in-context learning only), ``"full"`` (all weights) or ``"lora"`` (LoRA adapters,
       merged into the weights afterwards): finetune a copy of the network on the training table in ``fit``;
@@ -664,6 +664,8 @@ class InContextEstimator(BaseEstimator):
         return state
 
     def __setstate__(self, state: dict) -> None:
+        # Estimators pickled before categorical_order existed numbered every categorical in sorted order.
+        state.setdefault("categorical_order", "lexical")
         super().__setstate__(state)
         if "device_" not in self.__dict__:
             return

@@ -4,9 +4,10 @@ Two stages, both fitted on the training rows only and applied row-wise (so a row
 other rows it is predicted with):
 
 1. :class:`TableEncoder` turns a DataFrame / array into a float matrix: categorical columns (object, string,
-   category, bool) are ordinal-encoded (in sorted order, or ranked by mean training target) with unknown and missing
-   values mapped to ``-1``; numeric columns get ``+-inf`` treated as missing and are mean-imputed. Output order is
-   categoricals first, then numerics (the order the official TabICL estimator feeds its network).
+   category, bool) are ordinal-encoded, in sorted order with unknown and missing values mapped to ``-1``, or (columns
+   with many categories) ranked by mean training target; numeric columns get ``+-inf`` treated as missing and are
+   mean-imputed. Output order is categoricals first, then numerics (the order the official TabICL estimator feeds its
+   network).
 2. :class:`EnsemblePreprocessor` drops constant columns and fits one :class:`NormalizationPipeline` per
    normalisation method: standard scaling clipped to +-100 -> optional scikit-learn normaliser (Yeo-Johnson, ...)
    -> soft clipping of outliers beyond ``outlier_threshold`` standard deviations.
@@ -130,7 +131,8 @@ class TableEncoder(TransformerMixin, BaseEstimator):
     similar targets, which a network reading the column as a number can use (the order in which a regression tree
     finds its best categorical split), whereas the sorted order of many country or ZIP codes is arbitrary. Columns
     with few categories keep the sorted order: it is often a natural one (grades, colour letters), and a network
-    tells a few levels apart anyway.
+    tells a few levels apart anyway. In a ranked column, missing values seen in training rank like a category, and
+    an unknown category sits where the overall mean ranks (see ``_target_ranks``).
     """
 
     def __init__(self, categorical_order: str = "lexical"):
