@@ -159,9 +159,10 @@ class TableEncoder(TransformerMixin, BaseEstimator):
             self.ordinal_encoder_.fit(categories)
         self.category_ranks_: list[np.ndarray | None] | None = None
         if self.categorical_columns_ and self.categorical_order == "target":
-            n_known = _known_category_counts(self.ordinal_encoder_)
-            buckets = _bucket_codes(self.ordinal_encoder_.transform(categories), categories, n_known)
-            self.category_ranks_ = _target_ranks(buckets, _order_target(y, len(frame)), n_known)
+            # categories_ ends with NaN when the training column had missing values: that is not a category.
+            self.n_known_categories_ = [int(np.sum(~pd.isna(values))) for values in self.ordinal_encoder_.categories_]
+            buckets = _bucket_codes(self.ordinal_encoder_.transform(categories), categories, self.n_known_categories_)
+            self.category_ranks_ = _target_ranks(buckets, _order_target(y, len(frame)), self.n_known_categories_)
         if self.numeric_columns_:
             self.imputer_ = SimpleImputer(strategy="mean", keep_empty_features=True)
             with warnings.catch_warnings():
@@ -180,7 +181,7 @@ class TableEncoder(TransformerMixin, BaseEstimator):
             codes = self.ordinal_encoder_.transform(categories)
             category_ranks = getattr(self, "category_ranks_", None)  # absent in encoders pickled before it existed
             if category_ranks is not None:
-                buckets = _bucket_codes(codes, categories, _known_category_counts(self.ordinal_encoder_))
+                buckets = _bucket_codes(codes, categories, self.n_known_categories_)
                 for j, ranks in enumerate(category_ranks):
                     if ranks is not None:
                         codes[:, j] = ranks[buckets[:, j]]
@@ -199,11 +200,6 @@ def _order_target(y, n_rows: int) -> np.ndarray:
     if not np.all(np.isfinite(target)):
         raise ValueError("y has missing or infinite values; the target order of the categories needs finite values.")
     return target
-
-
-def _known_category_counts(encoder: OrdinalEncoder) -> list[int]:
-    # categories_ ends with NaN when the training column had missing values: that is not a category.
-    return [int(np.sum(~pd.isna(values))) for values in encoder.categories_]
 
 
 def _bucket_codes(codes: np.ndarray, categories: np.ndarray, n_known: Sequence[int]) -> np.ndarray:
