@@ -16,6 +16,7 @@ import torch
 
 from autogluon_tfm.__main__ import main
 from autogluon_tfm.checkpoints import load_network
+from autogluon_tfm.pretrain import trainer
 from autogluon_tfm.pretrain.evaluate import PretrainEvaluator, benchmark_loader, format_eval_table
 from autogluon_tfm.pretrain.plots import plot_loss, smooth
 from autogluon_tfm.pretrain.trainer import (
@@ -260,6 +261,34 @@ def test_init_from_warm_starts_a_new_run_and_refuses_a_mismatched_network(tmp_pa
         pretrain(tiny(tmp_path, "bad", model="tabpfnv2-tiny", arch="tabpfn_v2", init_from=str(source)))
     with pytest.raises(ValueError, match="could not be loaded"):
         pretrain(tiny(tmp_path, "missing", init_from=str(tmp_path / "nope.ckpt")))
+
+
+def test_init_from_a_shallower_network_grows_it_deeper_starting_from_the_same_function(tmp_path, monkeypatch):
+    monkeypatch.setitem(trainer.MODEL_CONFIGS, "mitra-tiny-l3", dict(dim=16, n_layers=3, n_heads=2))
+    monkeypatch.setitem(trainer.MODEL_PRESET_ARCH, "mitra-tiny-l3", "mitra")
+    common = dict(arch="mitra", steps=1)
+    source_path = pretrain(tiny(tmp_path, "source", model="mitra-tiny", **common))
+    source = load_network(str(source_path))
+    grown = build_network(tiny(tmp_path, "grown", model="mitra-tiny-l3", **common))
+    trainer._warm_start(grown, str(source_path))
+    generator = torch.Generator().manual_seed(0)
+    X, y = torch.randn(2, 30, 4, generator=generator), torch.randint(0, 3, (2, 20), generator=generator).float()
+    with torch.no_grad():
+        torch.testing.assert_close(grown(X, y), source(X, y))  # the new layers 1-2 start as identity
+    new_layer = grown.layers[2].across_rows
+    assert new_layer.attn.out_proj.weight.abs().sum() == 0 and new_layer.linear2.weight.abs().sum() == 0
+    assert new_layer.attn.q_proj.weight.abs().sum() > 0  # the rest of a new block keeps its fresh weights
+    # Through pretrain: one step moves the zeroed outputs (the new blocks learn), the copied layer stays near.
+    trained = load_network(str(pretrain(tiny(tmp_path, "run", model="mitra-tiny-l3", init_from=str(source_path),
+                                             lr=1e-3, **common))))
+    assert trained.layers[2].across_rows.linear2.weight.abs().sum() > 0
+    assert torch.allclose(trained.layers[0].across_rows.attn.q_proj.weight, source.layers[0].across_rows.attn.q_proj.weight,
+                          atol=1e-2)
+    # A wider network is not a depth growth: still refused.
+    monkeypatch.setitem(trainer.MODEL_CONFIGS, "mitra-wide", dict(dim=32, n_layers=3, n_heads=2))
+    monkeypatch.setitem(trainer.MODEL_PRESET_ARCH, "mitra-wide", "mitra")
+    with pytest.raises(ValueError, match="does not fit this run's network"):
+        pretrain(tiny(tmp_path, "wide", model="mitra-wide", init_from=str(source_path), **common))
 
 
 @pytest.mark.parametrize("arch", ["tabpfn_v2", "mitra"])

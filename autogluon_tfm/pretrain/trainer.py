@@ -55,6 +55,8 @@ MODEL_CONFIGS: dict[str, dict[str, Any]] = {
     "tabpfnv2-small": dict(embed_dim=48, nhead=4, num_blocks=4, ff_factor=2, num_buckets=1000),
     "tabpfnv2-tiny": dict(embed_dim=16, nhead=2, num_blocks=1, ff_factor=2, num_buckets=32),
     "mitra-small": dict(dim=48, n_layers=2, n_heads=4),
+    # mitra-small twice as deep: grown from mitra-small weights with --init-from (new layers start as identity).
+    "mitra-small-l4": dict(dim=48, n_layers=4, n_heads=4),
     "mitra-tiny": dict(dim=16, n_layers=1, n_heads=2),
 }
 
@@ -336,10 +338,49 @@ def check_config(cfg: PretrainConfig) -> None:
         raise ValueError(f"class_id_spread must be in [0, 1], got {cfg.class_id_spread}")
 
 
+def _grow_depth(net: torch.nn.Module, source_state: dict[str, torch.Tensor], source: str) -> bool:
+    """Warm-start a deeper network of the same width from ``source_state``; False when ``net`` is not one.
+
+    A pure depth growth: every source tensor exists in ``net`` with its shape, and every tensor ``net`` has beyond
+    them belongs to a transformer block (``AttentionBlock``) that the source lacks entirely, such as layers 2-3 of a
+    4-layer Mitra grown from a 2-layer one. The new blocks keep their fresh weights, but their residual outputs
+    (attention output projection, second feed-forward layer) start at zero, so with pre-norm blocks the grown
+    network computes exactly what the source did and training departs from the source's function instead of from
+    noise (zero-initialised residual branches, as in the ``AttentionBlock(zero_init=True)`` default).
+    """
+    from autogluon_tfm.nn.layers import AttentionBlock
+
+    own = net.state_dict()
+    if set(source_state) == set(own) or not set(source_state) < set(own):
+        return False
+    if any(own[name].shape != tensor.shape for name, tensor in source_state.items()):
+        return False
+    new_blocks = [
+        (prefix, block) for prefix, block in net.named_modules()
+        if isinstance(block, AttentionBlock) and not any(f"{prefix}.{name}" in source_state for name in block.state_dict())
+    ]
+    in_new_blocks = {f"{prefix}.{name}" for prefix, block in new_blocks for name in block.state_dict()}
+    if set(own) - set(source_state) != in_new_blocks or not all(block.norm_first for _, block in new_blocks):
+        return False
+    net.load_state_dict(source_state, strict=False)
+    with torch.no_grad():
+        for _, block in new_blocks:
+            for layer in (block.attn.out_proj, block.linear2):
+                layer.weight.zero_()
+                if layer.bias is not None:
+                    layer.bias.zero_()
+    logger.info(
+        "Depth growth from %s: copied %d tensors; %d new transformer blocks start as identity (%s)",
+        source, len(source_state), len(new_blocks), ", ".join(prefix for prefix, _ in new_blocks),
+    )
+    return True
+
+
 def _warm_start(net: torch.nn.Module, source: str) -> None:
     """Copy the weights of ``source`` (shipped name or checkpoint path) into ``net``.
 
-    Same architecture and task: every tensor must match (strict). Same architecture, other task (a classifier's
+    Same architecture and task: every tensor must match (strict), unless ``net`` is the source grown deeper (see
+    ``_grow_depth``: the extra blocks start as identity). Same architecture, other task (a classifier's
     weights for a regression run, or back): every tensor whose name and shape match is copied and the task-specific
     ones (label embedding, output head, bucket borders) keep their fresh initialisation. Measured on tables
     y = Xw + noise: a TabPFN v2 regression net warm-started from ``tabpfnv2-clf-small`` reached 0.05 of the target
@@ -360,6 +401,8 @@ def _warm_start(net: torch.nn.Module, source: str) -> None:
     if getattr(source_net, "arch", None) != getattr(net, "arch", None):
         raise mismatch
     if _task_of(source_net) == _task_of(net):
+        if _grow_depth(net, source_net.state_dict(), source):
+            return
         try:
             net.load_state_dict(source_net.state_dict())  # strict: same names and shapes (dtypes are converted)
         except RuntimeError as error:
