@@ -47,6 +47,11 @@ MODEL_CONFIGS: dict[str, dict[str, Any]] = {
         embed_dim=32, col_num_blocks=1, col_nhead=4, col_num_inds=16, row_num_blocks=2, row_nhead=4, row_num_cls=4,
         icl_num_blocks=4, icl_nhead=4, ff_factor=2,
     ),
+    # tabicl-small with twice the ICL blocks: grown from tabicl-small weights with --init-from (see _grow_depth).
+    "tabicl-small-icl8": dict(
+        embed_dim=32, col_num_blocks=1, col_nhead=4, col_num_inds=16, row_num_blocks=2, row_nhead=4, row_num_cls=4,
+        icl_num_blocks=8, icl_nhead=4, ff_factor=2,
+    ),
     "tabicl-tiny": dict(
         embed_dim=16, col_num_blocks=1, col_nhead=2, col_num_inds=4, row_num_blocks=2, row_nhead=2, row_num_cls=2,
         icl_num_blocks=1, icl_nhead=2, ff_factor=2,
