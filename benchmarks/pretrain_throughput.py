@@ -15,23 +15,32 @@ from pathlib import Path
 
 import torch
 
-from autogluon_tfm.nn import TabICL
-from autogluon_tfm.nn.losses import classification_loss
-from autogluon_tfm.pretrain.trainer import MODEL_CONFIGS
+from autogluon_tfm.pretrain.trainer import MODEL_PRESET_ARCH, PretrainConfig, build_network, task_loss
+from autogluon_tfm.prior.sampler import PriorBatch
+
+
+def build_preset(model_name: str) -> torch.nn.Module:
+    """The classification network of a pretraining preset (any architecture)."""
+    return build_network(PretrainConfig(arch=MODEL_PRESET_ARCH[model_name], model=model_name))
 
 
 def step_seconds(model_name: str, precision: str, repeats: int, shape: tuple[int, int, int], n_train: int) -> float:
     torch.manual_seed(0)
-    net = TabICL(**MODEL_CONFIGS[model_name]).train()
+    net = build_preset(model_name).train()
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
-    X = torch.randn(*shape)
-    y = torch.randint(0, 5, shape[:2]).float()
+    n_tables, n_rows, n_features = shape
+    batch = PriorBatch(
+        X=torch.randn(*shape),
+        y=torch.randint(0, 5, (n_tables, n_rows)).float(),
+        n_train=n_train,
+        d=torch.full((n_tables,), n_features),
+        n_classes=torch.full((n_tables,), 5),
+    )
     times = []
     for _ in range(repeats + 1):
         start = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            logits = net(X, y[:, :n_train])
-        loss = classification_loss(logits, y[:, n_train:])
+            loss = task_loss(net, batch, "cpu", "classification")
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -50,7 +59,7 @@ def main() -> None:
     shape, n_train = (8, 512, 20), 350
     rows = ["| model | parameters | precision | s / step | tables / s |", "|---|---:|---|---:|---:|"]
     for name in args.models:
-        n_params = sum(p.numel() for p in TabICL(**MODEL_CONFIGS[name]).parameters())
+        n_params = sum(p.numel() for p in build_preset(name).parameters())
         for precision in ("fp32", "bf16"):
             seconds = step_seconds(name, precision, args.repeats, shape, n_train)
             rows.append(f"| {name} | {n_params / 1e6:.2f}M | {precision} | {seconds:.3f} | {shape[0] / seconds:.1f} |")
