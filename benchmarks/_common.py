@@ -387,9 +387,13 @@ def run_benchmark(spec: Benchmark, args: argparse.Namespace) -> int:
             torch.set_num_threads(args.threads)
         except ImportError:
             pass  # recorded as TFM errors below
-    # Classification only: most classes one network call decides between (None: the estimator's "auto").
-    cap = getattr(args, "max_classes_per_call", None)
-    params = {} if cap is None else {"max_classes_per_call": cap}
+    # Classification only (None: the estimator's "auto"): most classes one network call decides between, and
+    # whether the probabilities get a temperature fitted in context.
+    params = {
+        name: getattr(args, name)
+        for name in ("max_classes_per_call", "calibrate")
+        if getattr(args, name, None) is not None
+    }
     factories = {
         method: TFMFactory(
             method, spec.task, getattr(args, f"checkpoint_{method}"), args.n_estimators, args.device, args.precision,
@@ -548,8 +552,9 @@ def _tfm_settings(results: pd.DataFrame, args: argparse.Namespace, methods: list
     settings = "network loaded once, not timed"
     if any(method in TFM_METHODS for method in args.methods):
         settings = f"n_estimators={args.n_estimators}, device={args.device!r}, {settings}"
-        if getattr(args, "max_classes_per_call", None) is not None:
-            settings = f"max_classes_per_call={args.max_classes_per_call!r}, {settings}"
+        for name in ("calibrate", "max_classes_per_call"):
+            if getattr(args, name, None) is not None:
+                settings = f"{name}={getattr(args, name)!r}, {settings}"
     return f" | TFMs ({settings}), checkpoints: " + ", ".join(parts)
 
 
@@ -602,6 +607,13 @@ def _parse_classes_per_call(text: str) -> int | str:
     return text if text == "auto" else int(text)
 
 
+def _parse_calibrate(text: str) -> bool | str:
+    choices = {"auto": "auto", "true": True, "false": False}
+    if text.lower() not in choices:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(choices)}, got {text!r}")
+    return choices[text.lower()]
+
+
 def parse_args(spec: Benchmark, description: str, argv: list[str] | None = None) -> argparse.Namespace:
     from benchmarks.datasets import dev_datasets
 
@@ -637,6 +649,11 @@ def parse_args(spec: Benchmark, description: str, argv: list[str] | None = None)
             "--max-classes-per-call", type=_parse_classes_per_call, default=None,
             help="TFMClassifier max_classes_per_call for the TFMs: 'auto' or an integer >= 2 (default: the "
             "estimator's default, 'auto')",
+        )
+        parser.add_argument(
+            "--calibrate", type=_parse_calibrate, default=None,
+            help="TFMClassifier calibrate for the TFMs: 'auto', 'true' or 'false' (default: the estimator's "
+            "default, 'auto': what the weights' card recommends)",
         )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto")

@@ -337,6 +337,82 @@ def test_pickle_round_trip_predicts_identically(tiny_network):
     assert restored.get_params()["n_estimators"] == 4
 
 
+# -------------------------------------------------------------------------------------------------- calibration
+def _log_loss(proba: np.ndarray, labels: np.ndarray) -> float:
+    return float(-np.mean(np.log(proba[np.arange(len(labels)), labels])))
+
+
+@pytest.mark.parametrize(("confidence", "label_noise", "sharper"), [(0.3, 0.0, True), (20.0, 0.3, False)])
+def test_calibrate_fits_a_temperature_on_held_out_training_rows(confidence, label_noise, sharper):
+    """An underconfident network (clean clusters, weak logits) gets a temperature < 1, an overconfident one (noisy
+    labels, strong logits) one > 1; either way the log loss of new rows drops and no predicted class changes."""
+    rng = np.random.default_rng(4)
+    n_rows, n_classes = 300, 3
+
+    def table(n: int) -> tuple[pd.DataFrame, np.ndarray]:
+        y = rng.integers(0, n_classes, size=n)
+        X = pd.DataFrame({"a": y * 5.0 + rng.normal(size=n), "b": rng.normal(size=n)})
+        noisy = rng.random(n) < label_noise
+        y = np.where(noisy, rng.integers(0, n_classes, size=n), y)
+        return X, y
+
+    X, y = table(n_rows)
+    X_new, y_new = table(200)
+    oracle = NearestNeighbourOracle()
+    with torch.no_grad():
+        oracle.confidence.fill_(confidence)
+    plain = make_classifier(oracle, calibrate=False).fit(X, y)
+    calibrated = make_classifier(oracle, calibrate=True).fit(X, y)
+    assert plain.calibration_temperature_ == 1.0
+    assert (calibrated.calibration_temperature_ < 0.8) if sharper else (calibrated.calibration_temperature_ > 1.25)
+    before, after = plain.predict_proba(X_new), calibrated.predict_proba(X_new)
+    assert _log_loss(after, y_new) < _log_loss(before, y_new) - 0.02
+    np.testing.assert_allclose(after.sum(axis=1), 1.0, atol=1e-12)
+    np.testing.assert_array_equal(calibrated.predict(X_new), plain.predict(X_new))
+
+
+def test_calibrate_auto_follows_the_weights_and_is_off_when_finetuning(tiny_network):
+    from autogluon_tfm.checkpoints import load_network
+
+    X, y = mixed_frame()
+    network = copy.deepcopy(tiny_network)
+    assert make_classifier(network).fit(X, y).calibration_temperature_ == 1.0  # no card: no recommendation
+    network.inference_defaults = {"calibrate": True}
+    calls = []
+    original = TFMClassifier._fit_calibration_temperature
+
+    def spy(self, *args):
+        calls.append(self.fine_tune)
+        return original(self, *args)
+
+    TFMClassifier._fit_calibration_temperature = spy
+    try:
+        make_classifier(network).fit(X, y)
+        make_classifier(network, fine_tune="full", fine_tune_steps=1).fit(X, y)
+    finally:
+        TFMClassifier._fit_calibration_temperature = original
+    assert calls == [None]  # "auto" calibrated the in-context fit only
+    with pytest.raises(ValueError, match="calibrate=True .* fine_tune"):
+        make_classifier(network, calibrate=True, fine_tune="lora").fit(X, y)
+    with pytest.raises(ValueError, match="calibrate must be"):
+        make_classifier(network, calibrate="yes").fit(X, y)
+    # The shipped TabPFN v2 weights recommend it (they are underconfident on real tables); TabICL's do not.
+    assert load_network("tabpfnv2-clf-small").inference_defaults.get("calibrate") is True
+    assert "calibrate" not in load_network("tabicl-clf-small").inference_defaults
+
+
+def test_estimator_pickled_before_calibration_still_predicts(tiny_network):
+    X, y = mixed_frame()
+    clf = make_classifier(copy.deepcopy(tiny_network)).fit(X.iloc[:30], y.iloc[:30])
+    expected = clf.predict_proba(X.iloc[30:])
+    state = clf.__getstate__()
+    del state["calibrate"], state["calibration_temperature_"]
+    old = TFMClassifier.__new__(TFMClassifier)
+    old.__setstate__(state)
+    assert old.get_params()["calibrate"] is False
+    np.testing.assert_array_equal(old.predict_proba(X.iloc[30:]), expected)
+
+
 # ------------------------------------------------------------------------------------------------- many classes
 @pytest.mark.parametrize("n_classes", [11, 30, 100])
 def test_more_classes_than_network_supports(n_classes):

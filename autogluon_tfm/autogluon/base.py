@@ -105,8 +105,8 @@ class TFMBaseModel(AbstractTorchModel):
 
     Hyperparameters are the estimators' constructor arguments (``checkpoint``, ``n_estimators``, ``norm_methods``,
     ``softmax_temperature``, ``batch_size``, ``precision``, ...); one hyperparameter dict serves every problem type:
-    arguments that only one estimator has (``softmax_temperature``, ``class_shift``, ``average_logits`` are
-    classification-only) are ignored for the other. ``checkpoint`` takes ``"default"`` (resolved per task), a
+    arguments that only one estimator has (``softmax_temperature``, ``class_shift``, ``average_logits``,
+    ``calibrate`` are classification-only) are ignored for the other. ``checkpoint`` takes ``"default"`` (resolved per task), a
     shipped weights name, a path, or a dict ``{"classification": ..., "regression": ...}`` (a missing task means
     ``"default"``); an explicit checkpoint must hold a network of this model for the problem's task, otherwise the
     fit fails with a clear error. ``random_state`` is AutoGluon's seed (per fold in bags). ``device`` is not a

@@ -31,6 +31,7 @@ from autogluon_tfm.inference.base import (  # noqa: F401 - resolve_*, PRECISIONS
     resolve_precision,
     supports_train_cache,
 )
+from autogluon_tfm.inference.calibration import apply_temperature, calibration_folds, fit_temperature
 from autogluon_tfm.inference.ensemble import EnsembleMember, build_ensemble
 from autogluon_tfm.inference.hierarchical import build_class_tree, hierarchical_proba, proba_to_logits, softmax
 from autogluon_tfm.inference.preprocessing import EnsemblePreprocessor, TableEncoder
@@ -73,6 +74,13 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
             More classes go through a class tree (hierarchical prediction) whose nodes have at most this many
             groups. ``"auto"``: the value the weights' card recommends (``inference_defaults``; the shipped TabICL
             weights are far better at few-way decisions), else the network's ``max_classes``.
+        calibrate: fit a temperature for the predicted probabilities in ``fit``
+            (:mod:`~autogluon_tfm.inference.calibration`): a few folds of (at most 1,024) training rows are predicted
+            in context from the other training rows, and the temperature that minimises their log loss rescales
+            every later ``predict_proba`` (the predicted classes do not change). Costs one to three network passes
+            over the training rows at fit time. ``"auto"``: when the weights' card recommends it (the shipped weights, which are
+            underconfident), else not; ``True`` / ``False``: always / never. In-context only: with ``fine_tune`` the
+            training rows are no longer unseen, so ``"auto"`` skips it and ``True`` is refused.
         batch_size: ensemble members per network call.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, or a ``torch.device``.
         precision: ``"auto"`` (bf16 autocast on CUDA, fp32 on CPU), ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast).
@@ -90,6 +98,7 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
     Fitted attributes: ``classes_``, ``n_classes_``, ``n_features_in_``, ``feature_names_in_`` (DataFrame input),
     ``encoder_``, ``preprocessor_``, ``members_``, ``network_``, ``checkpoint_path_``, ``device_``, ``precision_``,
     ``y_train_``, ``max_classes_per_call_``, ``class_tree_`` (None unless there are more classes than that),
+    ``calibration_temperature_`` (1.0 when not calibrated),
     ``fine_tune_report_`` (a :class:`autogluon_tfm.finetune.FinetuneReport`, or None without finetuning).
     """
 
@@ -115,6 +124,7 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
         softmax_temperature: float = 0.9,
         average_logits: bool = True,
         max_classes_per_call: int | str = "auto",
+        calibrate: bool | str = "auto",
         batch_size: int = 8,
         device: str | torch.device = "auto",
         precision: str = "auto",
@@ -141,6 +151,7 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
         self.softmax_temperature = softmax_temperature
         self.average_logits = average_logits
         self.max_classes_per_call = max_classes_per_call
+        self.calibrate = calibrate
         self.batch_size = batch_size
         self.device = device
         self.precision = precision
@@ -164,7 +175,14 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
         cap = self.max_classes_per_call
         if cap != "auto" and (isinstance(cap, bool) or not isinstance(cap, (int, np.integer)) or cap < 2):
             raise ValueError(f"max_classes_per_call must be 'auto' or an integer >= 2, got {cap!r}.")
+        if not (self.calibrate == "auto" or isinstance(self.calibrate, (bool, np.bool_))):
+            raise ValueError(f"calibrate must be 'auto', True or False, got {self.calibrate!r}.")
         self._validate_fine_tune_params()
+        if self.calibrate is True and self.fine_tune is not None:
+            raise ValueError(
+                "calibrate=True fits a temperature on training rows the network has not learned from, but "
+                f"fine_tune={self.fine_tune!r} trains on them; use calibrate='auto' (skips it when finetuning) or False."
+            )
         return norm_methods
 
     @staticmethod
@@ -274,20 +292,53 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
         self.fine_tune_report_ = None
         if self.fine_tune is not None:
             self._run_fine_tune(label_encoder, X_val, y_val, seed, fit_start)
+        self.calibration_temperature_ = 1.0
+        if self._resolve_calibrate():
+            self.calibration_temperature_ = self._fit_calibration_temperature(frame, y_encoded, seed)
         logger.info(
             "TFMClassifier fitted: %d rows, %d features (%d after encoding/filtering), %d classes%s, %d members, "
-            "device=%s, precision=%s, checkpoint=%s",
+            "calibration temperature %.3g, device=%s, precision=%s, checkpoint=%s",
             n_rows,
             n_columns,
             self.preprocessor_.n_features_out_,
             self.n_classes_,
             f" (hierarchical, {self.class_tree_.count_nodes()} nodes)" if self.class_tree_ is not None else "",
             len(self.members_),
+            self.calibration_temperature_,
             self.device_,
             self.precision_,
             self.checkpoint_path_,
         )
         return self
+
+    def _resolve_calibrate(self) -> bool:
+        """``calibrate`` as a bool: ``"auto"`` follows the weights' card (``inference_defaults["calibrate"]``) and
+        is off when finetuning."""
+        if self.calibrate != "auto":
+            return bool(self.calibrate)
+        recommended = (getattr(self.network_, "inference_defaults", None) or {}).get("calibrate", False)
+        return bool(recommended) and self.fine_tune is None
+
+    def _fit_calibration_temperature(self, frame: pd.DataFrame, y_encoded: np.ndarray, seed: int | None) -> float:
+        """Temperature fitted on out-of-fold in-context predictions of (some of) the training rows; 1.0 when the
+        table is too small (see :mod:`~autogluon_tfm.inference.calibration`)."""
+        params = {**self.get_params(deep=False), "checkpoint": self.network_, "calibrate": False, "verbose": False}
+        probas, labels = [], []
+        for fold in calibration_folds(len(y_encoded), seed):
+            context = np.setdiff1d(np.arange(len(y_encoded)), fold, assume_unique=True)
+            if len(np.unique(y_encoded[context])) < 2:
+                continue
+            fold_model = type(self)(**params).fit(frame.iloc[context], y_encoded[context])
+            # Rows of a class missing from the fold's context cannot be scored by any temperature: left out.
+            seen = np.isin(y_encoded[fold], fold_model.classes_)
+            proba = np.zeros((int(seen.sum()), self.n_classes_))
+            proba[:, fold_model.classes_] = fold_model.predict_proba(frame.iloc[fold[seen]])
+            probas.append(proba)
+            labels.append(y_encoded[fold[seen]])
+        if not probas or not sum(len(part) for part in labels):
+            logger.info("Not calibrating: %d training rows are too few to hold any out.", len(y_encoded))
+            return 1.0
+        return fit_temperature(np.concatenate(probas), np.concatenate(labels))
 
     def _resolve_max_classes_per_call(self, max_classes: int) -> int:
         """``max_classes_per_call`` as a number: ``"auto"`` reads the weights' recommendation (``inference_defaults``
@@ -372,11 +423,19 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
                     )
         average = total / len(self.members_)
         proba = softmax(average, self.softmax_temperature) if self.average_logits else average
+        proba = apply_temperature(proba / proba.sum(axis=1, keepdims=True), self.calibration_temperature_)
         return proba / proba.sum(axis=1, keepdims=True)
 
     def predict(self, X: Any) -> np.ndarray:
         """Most probable class label per row (labels as given in ``fit``)."""
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+    def __setstate__(self, state: dict) -> None:
+        # Estimators pickled before calibration existed predict with their probabilities as they were.
+        state.setdefault("calibrate", False)
+        if "classes_" in state:
+            state.setdefault("calibration_temperature_", 1.0)
+        super().__setstate__(state)
 
     def _count_single_class_leaves(self) -> int:
         return sum(len(leaf.classes) == 1 for leaf in self.class_tree_.leaves())
