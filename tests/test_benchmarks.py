@@ -111,6 +111,14 @@ def test_quick_defaults_and_checkpoint_options() -> None:
     assert args.seeds == 5 and "iris" in args.datasets and "diabetes" not in args.datasets
     with pytest.raises(SystemExit):
         regression.parse_args(["--datasets", "iris"])
+    # --calibrate: classification only, parsed to what TFMClassifier(calibrate=...) takes; unset = the default.
+    assert args.calibrate is None
+    assert classification.parse_args(["--calibrate", "True"]).calibrate is True
+    assert classification.parse_args(["--calibrate", "auto"]).calibrate == "auto"
+    with pytest.raises(SystemExit):
+        classification.parse_args(["--calibrate", "maybe"])
+    with pytest.raises(SystemExit):
+        regression.parse_args(["--calibrate", "true"])
 
 
 def test_many_classes_records_the_class_tree_of_each_tfm(tmp_path: Path) -> None:

@@ -423,8 +423,7 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
                     )
         average = total / len(self.members_)
         proba = softmax(average, self.softmax_temperature) if self.average_logits else average
-        proba = apply_temperature(proba / proba.sum(axis=1, keepdims=True), self.calibration_temperature_)
-        return proba / proba.sum(axis=1, keepdims=True)
+        return apply_temperature(proba / proba.sum(axis=1, keepdims=True), self.calibration_temperature_)
 
     def predict(self, X: Any) -> np.ndarray:
         """Most probable class label per row (labels as given in ``fit``)."""
