@@ -78,9 +78,10 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
             (:mod:`~autogluon_tfm.inference.calibration`): a few folds of (at most 1,024) training rows are predicted
             in context from the other training rows, and the temperature that minimises their log loss rescales
             every later ``predict_proba`` (the predicted classes do not change). Costs one to three network passes
-            over the training rows at fit time. ``"auto"``: when the weights' card recommends it (the shipped weights, which are
-            underconfident), else not; ``True`` / ``False``: always / never. In-context only: with ``fine_tune`` the
-            training rows are no longer unseen, so ``"auto"`` skips it and ``True`` is refused.
+            over the training rows at fit time. ``"auto"``: when the weights' card recommends it (the shipped
+            TabPFNv2 and Mitra weights, which are underconfident), else not; ``True`` / ``False``: always / never.
+            In-context only: with ``fine_tune`` the training rows are no longer unseen, so ``"auto"`` skips it and
+            ``True`` is refused.
         batch_size: ensemble members per network call.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, or a ``torch.device``.
         precision: ``"auto"`` (bf16 autocast on CUDA, fp32 on CPU), ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast).
