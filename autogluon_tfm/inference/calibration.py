@@ -5,8 +5,8 @@ on image_segment at 92 % accuracy. One temperature ``t`` per fitted table, ``p_t
 most of that without changing which class wins (argmax and ROC AUC are unchanged). ``t`` is fitted on predictions
 for training rows the network did not see as context: a few folds of the training rows are each predicted with
 the other rows as context (in-context learning needs no training, so each fold costs one pass of the network
-over the training rows). With an average of members' logits, ``p_t`` equals the softmax of the averaged logits at ``t`` times the
-estimator's ``softmax_temperature``.
+over the training rows). With an average of members' logits, ``p_t`` equals the softmax of the averaged logits at
+``t`` times the estimator's ``softmax_temperature``.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import math
 
 import numpy as np
 from scipy.optimize import minimize_scalar
+
+from autogluon_tfm.inference.hierarchical import softmax
 
 __all__ = ["apply_temperature", "calibration_folds", "fit_temperature"]
 
@@ -36,10 +38,7 @@ def apply_temperature(proba: np.ndarray, temperature: float) -> np.ndarray:
     proba = np.asarray(proba, dtype=np.float64)
     if temperature == 1.0:
         return proba
-    scaled = np.log(np.maximum(proba, np.finfo(np.float64).tiny)) / temperature
-    scaled -= scaled.max(axis=1, keepdims=True)
-    exp = np.exp(scaled)
-    return exp / exp.sum(axis=1, keepdims=True)
+    return softmax(np.log(np.maximum(proba, np.finfo(np.float64).tiny)), temperature)
 
 
 def _log_loss(proba: np.ndarray, labels: np.ndarray) -> float:
