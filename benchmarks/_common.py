@@ -387,11 +387,11 @@ def run_benchmark(spec: Benchmark, args: argparse.Namespace) -> int:
             torch.set_num_threads(args.threads)
         except ImportError:
             pass  # recorded as TFM errors below
-    # Classification only (None: the estimator's "auto"): most classes one network call decides between, and
-    # whether the probabilities get a temperature fitted in context.
+    # None: the estimator's "auto". Classification only: most classes one network call decides between, and
+    # whether the probabilities get a temperature fitted in context. Both tasks: principal components for wide tables.
     params = {
         name: getattr(args, name)
-        for name in ("max_classes_per_call", "calibrate")
+        for name in ("max_classes_per_call", "calibrate", "feature_compression")
         if getattr(args, name, None) is not None
     }
     factories = {
@@ -552,7 +552,7 @@ def _tfm_settings(results: pd.DataFrame, args: argparse.Namespace, methods: list
     settings = "network loaded once, not timed"
     if any(method in TFM_METHODS for method in args.methods):
         settings = f"n_estimators={args.n_estimators}, device={args.device!r}, {settings}"
-        for name in ("calibrate", "max_classes_per_call"):
+        for name in ("feature_compression", "calibrate", "max_classes_per_call"):
             if getattr(args, name, None) is not None:
                 settings = f"{name}={getattr(args, name)!r}, {settings}"
     return f" | TFMs ({settings}), checkpoints: " + ", ".join(parts)
@@ -614,6 +614,14 @@ def _parse_calibrate(text: str) -> bool | str:
     return choices[text.lower()]
 
 
+def _parse_feature_compression(text: str) -> int | str:
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    if text not in ("auto", "select", "none"):
+        raise argparse.ArgumentTypeError(f"expected auto, select, none or a positive integer, got {text!r}")
+    return text
+
+
 def parse_args(spec: Benchmark, description: str, argv: list[str] | None = None) -> argparse.Namespace:
     from benchmarks.datasets import dev_datasets
 
@@ -655,6 +663,11 @@ def parse_args(spec: Benchmark, description: str, argv: list[str] | None = None)
             help="TFMClassifier calibrate for the TFMs: 'auto', 'true' or 'false' (default: the estimator's "
             "default, 'auto': what the weights' card recommends)",
         )
+    parser.add_argument(
+        "--feature-compression", type=_parse_feature_compression, default=None,
+        help="feature_compression of the TFMs: 'auto', 'select', 'none' or a number of principal components "
+        "(default: the estimator's default, 'auto': what the weights' card recommends)",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--threads", type=int, default=1, help="torch / BLAS / LightGBM / RF threads")

@@ -23,16 +23,35 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
-from autogluon_tfm.inference.ensemble import FEATURE_SHUFFLE_METHODS, EnsembleMember
-from autogluon_tfm.inference.preprocessing import CATEGORICAL_ORDERS, NORM_METHODS, as_frame
+from autogluon_tfm.inference.calibration import calibration_folds
+from autogluon_tfm.inference.ensemble import FEATURE_SHUFFLE_METHODS, EnsembleMember, build_ensemble
+from autogluon_tfm.inference.preprocessing import (
+    CATEGORICAL_ORDERS,
+    NORM_METHODS,
+    EnsemblePreprocessor,
+    PCACompressor,
+    as_frame,
+)
 
-__all__ = ["FINE_TUNE_MODES", "PRECISIONS", "InContextEstimator", "resolve_device", "resolve_precision"]
+__all__ = [
+    "FEATURE_COMPRESSION_MODES",
+    "FINE_TUNE_MODES",
+    "PRECISIONS",
+    "SELECT_PCA_COMPONENTS",
+    "InContextEstimator",
+    "resolve_device",
+    "resolve_precision",
+]
 
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 FINE_TUNE_MODES = (None, "full", "lora")
+FEATURE_COMPRESSION_MODES = ("auto", "select", "none")
+#: ``feature_compression="select"`` compares the encoded columns with this many principal components (measured on
+#: the dev datasets: 16 components helped wide tables, 32 often kept too much noise).
+SELECT_PCA_COMPONENTS = 16
 # Whether precision="auto" picks bf16 autocast on CPUs with native bf16 matmuls (see ``resolve_precision``).
 AUTO_BF16_ON_CPU = False
 
@@ -176,8 +195,19 @@ class InContextEstimator(BaseEstimator):
     Subclasses set :attr:`_task` and use the fitted attributes ``members_``, ``network_``, ``device_``,
     ``precision_``, ``n_features_in_`` and ``feature_names_in_`` (DataFrame input). Parameters read here:
     ``model``, ``checkpoint``, ``n_estimators``, ``norm_methods``, ``feat_shuffle``, ``categorical_order``,
-    ``outlier_threshold``, ``batch_size``, ``device``, ``precision``, ``random_state``, ``verbose``, and the finetuning
-    parameters both estimators share:
+    ``outlier_threshold``, ``feature_compression``, ``batch_size``, ``device``, ``precision``, ``random_state``,
+    ``verbose``, and the finetuning parameters both estimators share.
+
+    ``feature_compression`` feeds the network the leading principal components of the encoded columns instead of
+    the columns (:class:`~autogluon_tfm.inference.preprocessing.PCACompressor`): an int ``k`` always uses ``k``
+    components; ``"select"`` decides per table, on tables with more than ``SELECT_PCA_COMPONENTS`` encoded columns:
+    a few folds of (at most 1,024) training rows are predicted in context from the other rows, once from the columns
+    and once from ``SELECT_PCA_COMPONENTS`` components, and the view with the lower held-out loss (log loss,
+    RMSE) is kept (``feature_compression_scores_``); ``"none"`` never compresses; ``"auto"`` does what the
+    weights' card recommends (``inference_defaults``), else ``"none"``. ``feature_compression_`` is the number of
+    components used (None: the columns themselves).
+
+    Finetuning parameters:
 
     - ``fine_tune``: ``None`` (in-context learning only), ``"full"`` (all weights) or ``"lora"`` (LoRA adapters,
       merged into the weights afterwards): finetune a copy of the network on the training table in ``fit``;
@@ -233,7 +263,18 @@ class InContextEstimator(BaseEstimator):
             raise ValueError(f"outlier_threshold must be > 0, got {self.outlier_threshold!r}.")
         if self.precision not in PRECISIONS:
             raise ValueError(f"Unknown precision {self.precision!r}; expected one of {PRECISIONS}.")
+        self._validate_feature_compression()
         return norm_methods
+
+    def _validate_feature_compression(self) -> None:
+        value = self.feature_compression
+        if value is None or (isinstance(value, str) and value in FEATURE_COMPRESSION_MODES):
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(
+                f"feature_compression must be one of {FEATURE_COMPRESSION_MODES}, None or a positive number of "
+                f"principal components, got {value!r}."
+            )
 
     def _validate_fine_tune_params(self) -> None:
         """Check the finetuning parameters (all of them when ``fine_tune`` is set) before any work."""
@@ -329,6 +370,99 @@ class InContextEstimator(BaseEstimator):
         check_network(network, self.model, self._task, source=f"checkpoint {source!r}")
         return network, str(source)
 
+    # ------------------------------------------------------------------------------------------------ features
+    def _encode(self, frame: pd.DataFrame) -> np.ndarray:
+        """Rows of a checked table encoded (and compressed, when ``compressor_`` is set) as the network sees them
+        before normalisation."""
+        X_encoded = self.encoder_.transform(frame)
+        compressor = getattr(self, "compressor_", None)  # absent in estimators pickled before compression existed
+        return X_encoded if compressor is None else compressor.transform(X_encoded)
+
+    def _resolve_feature_compression(self) -> str | int | None:
+        """``feature_compression`` with ``"auto"`` resolved through the weights' card: ``"select"``, a number of
+        components, or None (no compression)."""
+        value = self.feature_compression
+        if value == "auto":
+            value = (getattr(self.network_, "inference_defaults", None) or {}).get("feature_compression", "none")
+        return None if value is None or value == "none" else value
+
+    def _fit_features(
+        self, X_encoded: np.ndarray, n_components: int | None, norm_methods: Sequence[str], seed: int | None,
+        n_classes: int, class_shift: bool,
+    ) -> None:
+        """Fit the compression (``n_components``; None = none), the normalisations and the ensemble members on the
+        encoded training rows."""
+        self.feature_compression_ = n_components
+        self.compressor_ = None
+        if n_components is not None:
+            self.compressor_ = PCACompressor(n_components, seed).fit(X_encoded)
+            X_encoded = self.compressor_.transform(X_encoded)
+            self.feature_compression_ = self.compressor_.n_components_
+        self.preprocessor_ = EnsemblePreprocessor(norm_methods, self.outlier_threshold, seed).fit(X_encoded)
+        self.members_: list[EnsembleMember] = build_ensemble(
+            n_features=self.preprocessor_.n_features_out_,
+            n_classes=n_classes,
+            n_estimators=int(self.n_estimators),
+            norm_methods=norm_methods,
+            feat_shuffle=self.feat_shuffle,
+            class_shift=class_shift,
+            random_state=seed,
+        )
+
+    def _choose_feature_compression(
+        self, frame: pd.DataFrame, targets: np.ndarray, n_encoded_features: int, seed: int | None
+    ) -> tuple[int | None, Any]:
+        """The number of components to use (None: the columns) and what the held-out pass of that choice left for
+        later steps (None when nothing was held out; see ``_held_out_score``)."""
+        self.feature_compression_scores_: dict[str, float] | None = None
+        setting = self._resolve_feature_compression()
+        if setting != "select":
+            return setting, None
+        if n_encoded_features <= SELECT_PCA_COMPONENTS or not calibration_folds(len(targets), seed):
+            return None, None
+        scored = {}
+        for candidate in (None, SELECT_PCA_COMPONENTS):
+            result = self._held_out_score(frame, targets, seed, "none" if candidate is None else candidate)
+            if result is None:  # nothing could be held out (e.g. a fold's context with one class)
+                return None, None
+            scored[candidate] = result
+        best = min(scored, key=lambda candidate: scored[candidate][0])
+        self.feature_compression_scores_ = {
+            "columns" if candidate is None else f"pca{candidate}": score for candidate, (score, _) in scored.items()
+        }
+        logger.info(
+            "feature_compression='select': held-out loss %s -> %s",
+            ", ".join(f"{name} {score:.4g}" for name, score in self.feature_compression_scores_.items()),
+            "columns" if best is None else f"{best} principal components",
+        )
+        return best, scored[best][1]
+
+    def _held_out_score(
+        self, frame: pd.DataFrame, targets: np.ndarray, seed: int | None, feature_compression: str | int
+    ) -> tuple[float, Any] | None:
+        """Loss of in-context predictions of held-out training rows (``calibration_folds``) with the given
+        ``feature_compression``, and anything the subclass keeps from that pass; None if no row could be held out."""
+        raise NotImplementedError
+
+    def _held_out_estimators(
+        self, frame: pd.DataFrame, targets: np.ndarray, seed: int | None, **overrides: Any
+    ) -> Iterator[tuple[np.ndarray, InContextEstimator]]:
+        """Per fold of ``calibration_folds``: the held-out row indices and a copy of this estimator (same network,
+        in-context learning only, ``overrides`` applied) fitted on the other rows. Folds whose other rows cannot be
+        fitted on (``_can_fit_context``) are skipped."""
+        params = {
+            **self.get_params(deep=False), "checkpoint": self.network_, "verbose": False, "fine_tune": None,
+            **overrides,
+        }
+        for fold in calibration_folds(len(targets), seed):
+            context = np.setdiff1d(np.arange(len(targets)), fold, assume_unique=True)
+            if self._can_fit_context(targets[context]):
+                yield fold, type(self)(**params).fit(frame.iloc[context], targets[context])
+
+    @staticmethod
+    def _can_fit_context(targets: np.ndarray) -> bool:
+        return True
+
     def _network_on_device(self) -> torch.nn.Module:
         # The network may have been moved to CPU by pickling (``__getstate__``); move it back.
         return self.network_.to(self.device_)
@@ -347,7 +481,7 @@ class InContextEstimator(BaseEstimator):
     # ---------------------------------------------------------------------------------------------- finetuning
     def _preprocessed_by_method(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
         """Rows of a checked table (e.g. validation rows) encoded and preprocessed for every normalisation method."""
-        X_encoded = self.encoder_.transform(frame)
+        X_encoded = self._encode(frame)
         methods = self.preprocessor_.train_transformed_
         return {method: self.preprocessor_.transform(X_encoded, method) for method in methods}
 
@@ -666,6 +800,12 @@ class InContextEstimator(BaseEstimator):
     def __setstate__(self, state: dict) -> None:
         # Estimators pickled before categorical_order existed numbered every categorical in sorted order.
         state.setdefault("categorical_order", "lexical")
+        # ... and before feature compression existed fed the encoded columns.
+        state.setdefault("feature_compression", "none")
+        if "encoder_" in state:
+            state.setdefault("compressor_", None)
+            state.setdefault("feature_compression_", None)
+            state.setdefault("feature_compression_scores_", None)
         super().__setstate__(state)
         if "device_" not in self.__dict__:
             return

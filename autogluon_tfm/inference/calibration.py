@@ -18,7 +18,7 @@ from scipy.optimize import minimize_scalar
 
 from autogluon_tfm.inference.hierarchical import softmax
 
-__all__ = ["apply_temperature", "calibration_folds", "fit_temperature"]
+__all__ = ["apply_temperature", "calibration_folds", "clipped_log_loss", "fit_temperature"]
 
 #: At most this many training rows are predicted out of fold (a random subset on larger tables).
 CALIBRATION_MAX_ROWS = 1024
@@ -41,7 +41,8 @@ def apply_temperature(proba: np.ndarray, temperature: float) -> np.ndarray:
     return softmax(np.log(np.maximum(proba, np.finfo(np.float64).tiny)), temperature)
 
 
-def _log_loss(proba: np.ndarray, labels: np.ndarray) -> float:
+def clipped_log_loss(proba: np.ndarray, labels: np.ndarray) -> float:
+    """Mean negative log of the probabilities of ``labels`` (column indices), clipped at ``_PROBA_FLOOR``."""
     picked = proba[np.arange(len(labels)), labels]
     return float(-np.mean(np.log(np.clip(picked, _PROBA_FLOOR, 1.0))))
 
@@ -55,14 +56,14 @@ def fit_temperature(proba: np.ndarray, labels: np.ndarray) -> float:
         raise ValueError(f"fit_temperature needs (n, k) probabilities and n labels; got {proba.shape} and {labels.shape}.")
     low, high = (math.log(bound) for bound in TEMPERATURE_BOUNDS)
     result = minimize_scalar(
-        lambda log_t: _log_loss(apply_temperature(proba, math.exp(log_t)), labels),
+        lambda log_t: clipped_log_loss(apply_temperature(proba, math.exp(log_t)), labels),
         bounds=(low, high),
         method="bounded",
         options={"xatol": 1e-3},
     )
     temperature = math.exp(float(result.x))
     # Keep t = 1 unless the fit is really better: a flat optimum should not move the probabilities.
-    if _log_loss(apply_temperature(proba, temperature), labels) >= _log_loss(proba, labels):
+    if clipped_log_loss(apply_temperature(proba, temperature), labels) >= clipped_log_loss(proba, labels):
         return 1.0
     return temperature
 

@@ -31,10 +31,10 @@ from autogluon_tfm.inference.base import (  # noqa: F401 - resolve_*, PRECISIONS
     resolve_precision,
     supports_train_cache,
 )
-from autogluon_tfm.inference.calibration import apply_temperature, calibration_folds, fit_temperature
-from autogluon_tfm.inference.ensemble import EnsembleMember, build_ensemble
+from autogluon_tfm.inference.calibration import apply_temperature, clipped_log_loss, fit_temperature
+from autogluon_tfm.inference.ensemble import EnsembleMember
 from autogluon_tfm.inference.hierarchical import build_class_tree, hierarchical_proba, proba_to_logits, softmax
-from autogluon_tfm.inference.preprocessing import EnsemblePreprocessor, TableEncoder
+from autogluon_tfm.inference.preprocessing import TableEncoder
 
 __all__ = ["TFMClassifier"]
 
@@ -82,6 +82,10 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
             TabPFNv2 and Mitra weights, which are underconfident), else not; ``True`` / ``False``: always / never.
             In-context only: with ``fine_tune`` the training rows are no longer unseen, so ``"auto"`` skips it and
             ``True`` is refused.
+        feature_compression: ``"auto"``, ``"select"``, ``"none"`` or a number of principal components: feed the
+            network the leading principal components of wide tables instead of their columns (see
+            :class:`~autogluon_tfm.inference.base.InContextEstimator`). ``"select"`` scores the held-out rows by log
+            loss, after the calibration temperature when calibrating, and calibration reuses that pass.
         batch_size: ensemble members per network call.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, or a ``torch.device``.
         precision: ``"auto"`` (bf16 autocast on CUDA, fp32 on CPU), ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast).
@@ -99,7 +103,9 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
     Fitted attributes: ``classes_``, ``n_classes_``, ``n_features_in_``, ``feature_names_in_`` (DataFrame input),
     ``encoder_``, ``preprocessor_``, ``members_``, ``network_``, ``checkpoint_path_``, ``device_``, ``precision_``,
     ``y_train_``, ``max_classes_per_call_``, ``class_tree_`` (None unless there are more classes than that),
-    ``calibration_temperature_`` (1.0 when not calibrated),
+    ``calibration_temperature_`` (1.0 when not calibrated), ``feature_compression_`` (principal components fed to the
+    network; None: the encoded columns), ``compressor_``, ``feature_compression_scores_`` (held-out losses of
+    ``"select"``, else None),
     ``fine_tune_report_`` (a :class:`autogluon_tfm.finetune.FinetuneReport`, or None without finetuning).
     """
 
@@ -126,6 +132,7 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
         average_logits: bool = True,
         max_classes_per_call: int | str = "auto",
         calibrate: bool | str = "auto",
+        feature_compression: str | int | None = "auto",
         batch_size: int = 8,
         device: str | torch.device = "auto",
         precision: str = "auto",
@@ -153,6 +160,7 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
         self.average_logits = average_logits
         self.max_classes_per_call = max_classes_per_call
         self.calibrate = calibrate
+        self.feature_compression = feature_compression
         self.batch_size = batch_size
         self.device = device
         self.precision = precision
@@ -250,6 +258,20 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
         if self.n_classes_ < 2:
             raise ValueError(f"y has a single class ({self.classes_[0]!r}); a classifier needs at least two classes.")
 
+        # Everything that can fail on the network (missing weights, wrong model or task) fails before any state is
+        # set from the data.
+        self.device_ = resolve_device(self.device)
+        self.precision_ = resolve_precision(self.precision, self.device_)
+        self.network_, self.checkpoint_path_ = self._load_network()
+        max_classes = int(getattr(self.network_, "max_classes", 0) or 0)
+        if max_classes < 2:
+            raise ValueError(
+                f"The network from checkpoint {self.checkpoint_path_!r} is not a classifier "
+                f"(max_classes={max_classes}); use a classification checkpoint."
+            )
+        cap = self.max_classes_per_call_ = self._resolve_max_classes_per_call(max_classes)
+        self.class_tree_ = build_class_tree(range(self.n_classes_), cap) if self.n_classes_ > cap else None
+
         self.n_features_in_ = n_columns
         if isinstance(X, pd.DataFrame):
             self.feature_names_in_ = np.asarray(frame.columns, dtype=object)
@@ -266,36 +288,21 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
             )
         self.encoder_ = TableEncoder(categorical_order=order).fit(frame, y_encoded if order == "target" else None)
         X_encoded = self.encoder_.transform(frame)
-        self.preprocessor_ = EnsemblePreprocessor(norm_methods, self.outlier_threshold, seed).fit(X_encoded)
+        n_components, held_out_temperature = self._choose_feature_compression(
+            frame, y_encoded, X_encoded.shape[1], seed
+        )
+        self._fit_features(X_encoded, n_components, norm_methods, seed, self.n_classes_, bool(self.class_shift))
         self.y_train_ = y_encoded
         self._reset_train_cache()
-        self.members_: list[EnsembleMember] = build_ensemble(
-            n_features=self.preprocessor_.n_features_out_,
-            n_classes=self.n_classes_,
-            n_estimators=int(self.n_estimators),
-            norm_methods=norm_methods,
-            feat_shuffle=self.feat_shuffle,
-            class_shift=bool(self.class_shift),
-            random_state=seed,
-        )
-
-        self.device_ = resolve_device(self.device)
-        self.precision_ = resolve_precision(self.precision, self.device_)
-        self.network_, self.checkpoint_path_ = self._load_network()
-        max_classes = int(getattr(self.network_, "max_classes", 0) or 0)
-        if max_classes < 2:
-            raise ValueError(
-                f"The network from checkpoint {self.checkpoint_path_!r} is not a classifier "
-                f"(max_classes={max_classes}); use a classification checkpoint."
-            )
-        cap = self.max_classes_per_call_ = self._resolve_max_classes_per_call(max_classes)
-        self.class_tree_ = build_class_tree(range(self.n_classes_), cap) if self.n_classes_ > cap else None
         self.fine_tune_report_ = None
         if self.fine_tune is not None:
             self._run_fine_tune(label_encoder, X_val, y_val, seed, fit_start)
         self.calibration_temperature_ = 1.0
         if self._resolve_calibrate():
-            self.calibration_temperature_ = self._fit_calibration_temperature(frame, y_encoded, seed)
+            if held_out_temperature is not None:  # fitted on the held-out pass of the chosen feature view
+                self.calibration_temperature_ = held_out_temperature
+            else:
+                self.calibration_temperature_ = self._fit_calibration_temperature(frame, y_encoded, seed)
         logger.info(
             "TFMClassifier fitted: %d rows, %d features (%d after encoding/filtering), %d classes%s, %d members, "
             "calibration temperature %.3g, device=%s, precision=%s, checkpoint=%s",
@@ -320,16 +327,13 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
         recommended = (getattr(self.network_, "inference_defaults", None) or {}).get("calibrate", False)
         return bool(recommended) and self.fine_tune is None
 
-    def _fit_calibration_temperature(self, frame: pd.DataFrame, y_encoded: np.ndarray, seed: int | None) -> float:
-        """Temperature fitted on out-of-fold in-context predictions of (some of) the training rows; 1.0 when the
-        table is too small (see :mod:`~autogluon_tfm.inference.calibration`)."""
-        params = {**self.get_params(deep=False), "checkpoint": self.network_, "calibrate": False, "verbose": False}
+    def _held_out_proba(
+        self, frame: pd.DataFrame, y_encoded: np.ndarray, seed: int | None, **overrides: Any
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """In-context probabilities of held-out training rows (``calibration_folds``, uncalibrated) and their class
+        ids; None when no row could be held out."""
         probas, labels = [], []
-        for fold in calibration_folds(len(y_encoded), seed):
-            context = np.setdiff1d(np.arange(len(y_encoded)), fold, assume_unique=True)
-            if len(np.unique(y_encoded[context])) < 2:
-                continue
-            fold_model = type(self)(**params).fit(frame.iloc[context], y_encoded[context])
+        for fold, fold_model in self._held_out_estimators(frame, y_encoded, seed, calibrate=False, **overrides):
             # Rows of a class missing from the fold's context cannot be scored by any temperature: left out.
             seen = np.isin(y_encoded[fold], fold_model.classes_)
             proba = np.zeros((int(seen.sum()), self.n_classes_))
@@ -337,9 +341,35 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
             probas.append(proba)
             labels.append(y_encoded[fold[seen]])
         if not probas or not sum(len(part) for part in labels):
+            return None
+        return np.concatenate(probas), np.concatenate(labels)
+
+    @staticmethod
+    def _can_fit_context(targets: np.ndarray) -> bool:
+        return len(np.unique(targets)) >= 2
+
+    def _held_out_score(
+        self, frame: pd.DataFrame, targets: np.ndarray, seed: int | None, feature_compression: str | int
+    ) -> tuple[float, float | None] | None:
+        """Held-out log loss with ``feature_compression`` (after the temperature fitted on it when calibrating) and
+        that temperature (None when not calibrating)."""
+        held_out = self._held_out_proba(frame, targets, seed, feature_compression=feature_compression)
+        if held_out is None:
+            return None
+        proba, labels = held_out
+        if not self._resolve_calibrate():
+            return clipped_log_loss(proba, labels), None
+        temperature = fit_temperature(proba, labels)
+        return clipped_log_loss(apply_temperature(proba, temperature), labels), temperature
+
+    def _fit_calibration_temperature(self, frame: pd.DataFrame, y_encoded: np.ndarray, seed: int | None) -> float:
+        """Temperature fitted on out-of-fold in-context predictions of (some of) the training rows; 1.0 when the
+        table is too small (see :mod:`~autogluon_tfm.inference.calibration`)."""
+        held_out = self._held_out_proba(frame, y_encoded, seed, feature_compression=self.feature_compression_ or "none")
+        if held_out is None:
             logger.info("Not calibrating: %d training rows are too few to hold any out.", len(y_encoded))
             return 1.0
-        return fit_temperature(np.concatenate(probas), np.concatenate(labels))
+        return fit_temperature(*held_out)
 
     def _resolve_max_classes_per_call(self, max_classes: int) -> int:
         """``max_classes_per_call`` as a number: ``"auto"`` reads the weights' recommendation (``inference_defaults``
@@ -395,7 +425,7 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
         frame = self._validate_predict_input(X)
         if len(frame) == 0:
             return np.zeros((0, self.n_classes_))
-        X_test = self.encoder_.transform(frame)
+        X_test = self._encode(frame)
         network = self._network_on_device()
         n_chunks = -(-len(X_test) // self.max_test_rows_per_forward)
         batch_size = self._member_batch_size(network, len(self.y_train_), self.preprocessor_.n_features_out_)

@@ -1,6 +1,6 @@
 """Table preprocessing for in-context-learning tabular networks.
 
-Two stages, both fitted on the training rows only and applied row-wise (so a row's encoding never depends on the
+Up to three stages, all fitted on the training rows only and applied row-wise (so a row's encoding never depends on the
 other rows it is predicted with):
 
 1. :class:`TableEncoder` turns a DataFrame / array into a float matrix: categorical columns (object, string,
@@ -8,7 +8,9 @@ other rows it is predicted with):
    with many categories) ranked by mean training target; numeric columns get ``+-inf`` treated as missing and are
    mean-imputed. Output order is categoricals first, then numerics (the order the official TabICL estimator feeds its
    network).
-2. :class:`EnsemblePreprocessor` drops constant columns and fits one :class:`NormalizationPipeline` per
+2. Optionally :class:`PCACompressor` replaces the encoded columns by their leading principal components (wide tables
+   of correlated columns, e.g. spectra, on networks pretrained on few features).
+3. :class:`EnsemblePreprocessor` drops constant columns and fits one :class:`NormalizationPipeline` per
    normalisation method: standard scaling clipped to +-100 -> optional scikit-learn normaliser (Yeo-Johnson, ...)
    -> soft clipping of outliers beyond ``outlier_threshold`` standard deviations.
 """
@@ -22,6 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.decomposition import PCA
 from sklearn.impute import SimpleImputer
 from sklearn.preprocessing import OrdinalEncoder, PowerTransformer, QuantileTransformer, RobustScaler
 from sklearn.utils.validation import check_is_fitted
@@ -32,6 +35,7 @@ __all__ = [
     "EnsemblePreprocessor",
     "NormalizationPipeline",
     "OutlierSoftClipper",
+    "PCACompressor",
     "TableEncoder",
     "as_frame",
 ]
@@ -276,6 +280,40 @@ class OutlierSoftClipper(TransformerMixin, BaseEstimator):
         X = np.asarray(X, dtype=np.float64)
         X = np.maximum(X, self.lower_bounds_ - np.log1p(np.abs(X)))
         return np.minimum(X, self.upper_bounds_ + np.log1p(np.abs(X)))
+
+
+class PCACompressor(TransformerMixin, BaseEstimator):
+    """Standardise the encoded columns, then keep their ``n_components`` leading principal components.
+
+    The networks scale every column to unit variance, so on a wide table of correlated columns (spectra, pixels,
+    repeated measurements) each of dozens of near-copies weighs as much as a real signal, and the small shipped
+    networks were pretrained on at most 60 columns. The leading components carry the shared signal in a few
+    columns; the trailing ones (mostly noise) are dropped. At most ``min(n_components, n_rows, n_columns)``
+    components are kept (``n_components_``).
+    """
+
+    def __init__(self, n_components: int = 16, random_state: int | None = 0):
+        self.n_components = n_components
+        self.random_state = random_state
+
+    def fit(self, X: np.ndarray, y=None) -> PCACompressor:
+        X = np.asarray(X, dtype=np.float64)
+        self.mean_ = X.mean(axis=0)
+        self.scale_ = X.std(axis=0) + _STD_EPS
+        self.n_components_ = max(1, min(int(self.n_components), X.shape[0], X.shape[1]))
+        self.pca_ = PCA(self.n_components_, svd_solver="full", random_state=self.random_state)
+        self.pca_.fit(self._scale(X))
+        return self
+
+    def _scale(self, X: np.ndarray) -> np.ndarray:
+        return np.clip((X - self.mean_) / self.scale_, -_SCALED_CLIP, _SCALED_CLIP)
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        check_is_fitted(self, "pca_")
+        X = np.asarray(X, dtype=np.float64)
+        if X.shape[1] != len(self.mean_):
+            raise ValueError(f"X has {X.shape[1]} columns, expected {len(self.mean_)}.")
+        return self.pca_.transform(self._scale(X))
 
 
 def _make_normalizer(method: str, random_state: int | None):

@@ -24,8 +24,7 @@ from sklearn.base import RegressorMixin
 from tqdm.auto import tqdm
 
 from autogluon_tfm.inference.base import InContextEstimator, resolve_device, resolve_precision
-from autogluon_tfm.inference.ensemble import EnsembleMember, build_ensemble
-from autogluon_tfm.inference.preprocessing import EnsemblePreprocessor, TableEncoder
+from autogluon_tfm.inference.preprocessing import TableEncoder
 from autogluon_tfm.inference.regression_heads import (
     RegressionHead,
     TargetScaler,
@@ -112,6 +111,9 @@ class TFMRegressor(RegressorMixin, InContextEstimator):
             smoothed mean training target (see :class:`~autogluon_tfm.inference.preprocessing.TableEncoder`),
             ``"lexical"`` in sorted order (the official TabICL encoding); ``"auto"`` = ``"target"``.
         outlier_threshold: soft-clip features beyond this many standard deviations.
+        feature_compression: ``"auto"``, ``"select"``, ``"none"`` or a number of principal components: feed the
+            network the leading principal components of wide tables instead of their columns (see
+            :class:`~autogluon_tfm.inference.base.InContextEstimator`). ``"select"`` scores the held-out rows by RMSE.
         batch_size: ensemble members per network call.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, or a ``torch.device``.
         precision: ``"auto"`` (bf16 autocast on CUDA, fp32 on CPU), ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast).
@@ -133,7 +135,9 @@ class TFMRegressor(RegressorMixin, InContextEstimator):
     Fitted attributes: ``n_features_in_``, ``feature_names_in_`` (DataFrame input), ``encoder_``, ``preprocessor_``,
     ``members_``, ``network_``, ``checkpoint_path_``, ``device_``, ``precision_``, ``head_`` (how the network's
     output is read), ``target_scaler_`` (None for a constant target), ``constant_target_`` (the constant, else
-    None), ``y_train_`` (scaled training targets), ``fine_tune_report_`` (a
+    None), ``y_train_`` (scaled training targets), ``feature_compression_`` (principal components fed to the network;
+    None: the encoded columns), ``compressor_``, ``feature_compression_scores_`` (held-out RMSE of ``"select"``,
+    else None), ``fine_tune_report_`` (a
     :class:`autogluon_tfm.finetune.FinetuneReport`, or None without finetuning).
     """
 
@@ -148,6 +152,7 @@ class TFMRegressor(RegressorMixin, InContextEstimator):
         feat_shuffle: str = "latin",
         categorical_order: str = "auto",
         outlier_threshold: float = 4.0,
+        feature_compression: str | int | None = "auto",
         batch_size: int = 8,
         device: str | torch.device = "auto",
         precision: str = "auto",
@@ -170,6 +175,7 @@ class TFMRegressor(RegressorMixin, InContextEstimator):
         self.feat_shuffle = feat_shuffle
         self.categorical_order = categorical_order
         self.outlier_threshold = outlier_threshold
+        self.feature_compression = feature_compression
         self.batch_size = batch_size
         self.device = device
         self.precision = precision
@@ -221,16 +227,8 @@ class TFMRegressor(RegressorMixin, InContextEstimator):
         order = "target" if self.categorical_order == "auto" else self.categorical_order
         self.encoder_ = TableEncoder(categorical_order=order).fit(frame, targets)
         X_encoded = self.encoder_.transform(frame)
-        self.preprocessor_ = EnsemblePreprocessor(norm_methods, self.outlier_threshold, seed).fit(X_encoded)
-        self.members_: list[EnsembleMember] = build_ensemble(
-            n_features=self.preprocessor_.n_features_out_,
-            n_classes=1,
-            n_estimators=int(self.n_estimators),
-            norm_methods=norm_methods,
-            feat_shuffle=self.feat_shuffle,
-            class_shift=False,
-            random_state=seed,
-        )
+        n_components, _ = self._choose_feature_compression(frame, targets, X_encoded.shape[1], seed)
+        self._fit_features(X_encoded, n_components, norm_methods, seed, n_classes=1, class_shift=False)
 
         if np.all(targets == targets[0]):  # includes a single training row: nothing to learn but the value
             self.constant_target_: float | None = float(targets[0])
@@ -259,6 +257,20 @@ class TFMRegressor(RegressorMixin, InContextEstimator):
             self.checkpoint_path_,
         )
         return self
+
+    def _held_out_score(
+        self, frame: pd.DataFrame, targets: np.ndarray, seed: int | None, feature_compression: str | int
+    ) -> tuple[float, None] | None:
+        """RMSE of in-context predictions of held-out training rows with ``feature_compression``."""
+        squared_errors = [
+            (fold_model.predict(frame.iloc[fold]) - targets[fold]) ** 2
+            for fold, fold_model in self._held_out_estimators(
+                frame, targets, seed, feature_compression=feature_compression
+            )
+        ]
+        if not squared_errors:
+            return None
+        return float(np.sqrt(np.mean(np.concatenate(squared_errors)))), None
 
     def _run_fine_tune(self, X_val: Any, y_val: Any, seed: int | None, fit_start: float) -> None:
         """Finetune on the training table (targets in the scaled space of ``y_train_``)."""
@@ -317,7 +329,7 @@ class TFMRegressor(RegressorMixin, InContextEstimator):
 
     def _average_over_members(self, frame: pd.DataFrame, reduce) -> np.ndarray:
         """Mean over members of ``reduce(raw member output)``: ``(n_rows, k)`` float64 in the scaled target space."""
-        X_test = self.encoder_.transform(frame)
+        X_test = self._encode(frame)
         network = self._network_on_device()
         n_chunks = -(-len(X_test) // self.max_test_rows_per_forward)
         batch_size = self._member_batch_size(network, len(self.y_train_), self.preprocessor_.n_features_out_)
