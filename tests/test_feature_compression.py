@@ -187,3 +187,18 @@ def test_estimator_pickled_before_feature_compression_still_predicts(networks):
     old.__setstate__(state)
     assert old.get_params()["feature_compression"] == "none" and old.compressor_ is None
     np.testing.assert_array_equal(old.predict_proba(X.iloc[45:]), expected)
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_finetuning_trains_on_the_compressed_view(networks, task):
+    """The finetuned network learns from (and is validated on) the same principal components it predicts from."""
+    X, y = training_table(task, n_rows=80)
+    model = estimator(
+        task, copy.deepcopy(networks[task]), feature_compression=4, fine_tune="full", fine_tune_steps=3,
+        learning_rate=1e-3,
+    ).fit(X.iloc[:50], y[:50], X_val=X.iloc[50:65], y_val=y[50:65])
+    assert model.feature_compression_ == 4 and model.preprocessor_.n_features_out_ == 4
+    assert model.fine_tune_report_.steps_run == 3 and model.fine_tune_report_.initial_loss is not None
+    predict = model.predict_proba if task == "classification" else model.predict
+    predictions = predict(X.iloc[65:])
+    assert len(predictions) == 15 and np.all(np.isfinite(predictions))
