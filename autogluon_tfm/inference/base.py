@@ -375,8 +375,7 @@ class InContextEstimator(BaseEstimator):
         """Rows of a checked table encoded (and compressed, when ``compressor_`` is set) as the network sees them
         before normalisation."""
         X_encoded = self.encoder_.transform(frame)
-        compressor = getattr(self, "compressor_", None)  # absent in estimators pickled before compression existed
-        return X_encoded if compressor is None else compressor.transform(X_encoded)
+        return X_encoded if self.compressor_ is None else self.compressor_.transform(X_encoded)
 
     def _resolve_feature_compression(self) -> str | int | None:
         """``feature_compression`` with ``"auto"`` resolved through the weights' card: ``"select"``, a number of
@@ -418,12 +417,12 @@ class InContextEstimator(BaseEstimator):
         setting = self._resolve_feature_compression()
         if setting != "select":
             return setting, None
-        if n_encoded_features <= SELECT_PCA_COMPONENTS or not calibration_folds(len(targets), seed):
+        if n_encoded_features <= SELECT_PCA_COMPONENTS:
             return None, None
         scored = {}
         for candidate in (None, SELECT_PCA_COMPONENTS):
             result = self._held_out_score(frame, targets, seed, "none" if candidate is None else candidate)
-            if result is None:  # nothing could be held out (e.g. a fold's context with one class)
+            if result is None:  # nothing could be held out (too few rows, or every fold's context has one class)
                 return None, None
             scored[candidate] = result
         best = min(scored, key=lambda candidate: scored[candidate][0])

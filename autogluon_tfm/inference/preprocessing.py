@@ -55,6 +55,15 @@ _SCALED_CLIP = 100.0
 _STD_EPS = 1e-6
 
 
+def _scale_statistics(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column means and population standard deviations + ``_STD_EPS`` (the official TabICL scaler's formula)."""
+    return X.mean(axis=0), X.std(axis=0) + _STD_EPS
+
+
+def _clipped_standardise(X: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    return np.clip((X - mean) / scale, -_SCALED_CLIP, _SCALED_CLIP)
+
+
 def as_frame(X) -> pd.DataFrame:
     """View ``X`` as a DataFrame without copying the caller's data where possible (never mutating it).
 
@@ -298,22 +307,18 @@ class PCACompressor(TransformerMixin, BaseEstimator):
 
     def fit(self, X: np.ndarray, y=None) -> PCACompressor:
         X = np.asarray(X, dtype=np.float64)
-        self.mean_ = X.mean(axis=0)
-        self.scale_ = X.std(axis=0) + _STD_EPS
+        self.mean_, self.scale_ = _scale_statistics(X)
         self.n_components_ = max(1, min(int(self.n_components), X.shape[0], X.shape[1]))
         self.pca_ = PCA(self.n_components_, svd_solver="full", random_state=self.random_state)
-        self.pca_.fit(self._scale(X))
+        self.pca_.fit(_clipped_standardise(X, self.mean_, self.scale_))
         return self
-
-    def _scale(self, X: np.ndarray) -> np.ndarray:
-        return np.clip((X - self.mean_) / self.scale_, -_SCALED_CLIP, _SCALED_CLIP)
 
     def transform(self, X: np.ndarray) -> np.ndarray:
         check_is_fitted(self, "pca_")
         X = np.asarray(X, dtype=np.float64)
         if X.shape[1] != len(self.mean_):
             raise ValueError(f"X has {X.shape[1]} columns, expected {len(self.mean_)}.")
-        return self.pca_.transform(self._scale(X))
+        return self.pca_.transform(_clipped_standardise(X, self.mean_, self.scale_))
 
 
 def _make_normalizer(method: str, random_state: int | None):
@@ -339,7 +344,7 @@ class NormalizationPipeline(TransformerMixin, BaseEstimator):
         self.random_state = random_state
 
     def _scale(self, X: np.ndarray) -> np.ndarray:
-        return np.clip((X - self.mean_) / self.scale_, -_SCALED_CLIP, _SCALED_CLIP)
+        return _clipped_standardise(X, self.mean_, self.scale_)
 
     def fit(self, X: np.ndarray, y=None) -> NormalizationPipeline:
         self.fit_transform(X)
@@ -347,8 +352,7 @@ class NormalizationPipeline(TransformerMixin, BaseEstimator):
 
     def fit_transform(self, X: np.ndarray, y=None) -> np.ndarray:
         X = np.asarray(X, dtype=np.float64)
-        self.mean_ = X.mean(axis=0)
-        self.scale_ = X.std(axis=0) + _STD_EPS
+        self.mean_, self.scale_ = _scale_statistics(X)
         X_scaled = self._scale(X)
         self.normalizer_ = None
         if self.method != "none":
