@@ -24,7 +24,12 @@ from autogluon_tfm.prior import (
     get_prior_config,
     max_features_for_rows,
 )
-from autogluon_tfm.prior.reg2cls import clip_outliers, order_rows_for_split, warp_regression_target
+from autogluon_tfm.prior.reg2cls import (
+    clip_outliers,
+    order_rows_for_split,
+    replace_with_irrelevant_columns,
+    warp_regression_target,
+)
 
 
 def assert_valid_classification_batch(batch: PriorBatch, max_classes: int = 10) -> None:
@@ -162,6 +167,33 @@ def test_skewed_regression_prior_gives_long_right_tails_and_counts():
         PriorConfig(target_warp_prob=0.5)  # a classification prior
     with pytest.raises(ValueError, match="target_warp_scale"):
         PriorConfig(task="regression", target_warp_scale=(1.0, 0.5))
+
+
+def test_irrelevant_columns_are_shuffled_copies_unrelated_to_the_target():
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(300, 6, generator=generator).double()
+    target = features[:, 0] + 0.1 * torch.randn(300, generator=generator).double()
+    always = get_prior_config("tabicl_mix_learnable_irrelevant", irrelevant_feature_prob=1.0)
+    for seed in range(20):
+        replaced = replace_with_irrelevant_columns(features, PriorRandom(seed), always)
+        changed = [j for j in range(6) if not torch.equal(replaced[:, j], features[:, j])]
+        assert 1 <= len(changed) <= 5, "at least one column replaced, never all"
+        for j in changed:
+            # A row-shuffled copy of some column: that column's values, no relation to the target.
+            column = replaced[:, j].sort().values
+            assert any(torch.equal(column, features[:, k].sort().values) for k in range(6))
+            assert abs(float(torch.corrcoef(torch.stack([replaced[:, j], target]))[0, 1])) < 0.25
+    assert torch.equal(features[:, 0], features[:, 0].clone())  # the input is not modified
+    # Off (every older config): the features and the random stream are untouched.
+    off, rng = get_prior_config("tabicl_mix_learnable"), PriorRandom(3)
+    assert replace_with_irrelevant_columns(features, rng, off) is features and rng.uniform() == PriorRandom(3).uniform()
+    # Whole tables from the named prior stay valid (no constant column, every class in the train part).
+    batch = PriorSampler("tabicl_mix_learnable_irrelevant", seed=7).sample_batch(batch_size=6, n_rows=128, max_features=8)
+    assert_valid_classification_batch(batch)
+    with pytest.raises(ValueError, match="irrelevant_feature_fraction"):
+        PriorConfig(irrelevant_feature_fraction=(0.5, 1.0))
+    with pytest.raises(ValueError, match="irrelevant_feature_prob"):
+        PriorConfig(irrelevant_feature_prob=1.5)
 
 
 def test_missing_values_only_when_enabled():

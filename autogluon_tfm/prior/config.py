@@ -74,6 +74,12 @@ class PriorConfig:
     outlier_threshold: float = 4.0
     feature_clip: float = 100.0
     permute_features: bool = True
+    # Irrelevant columns: with irrelevant_feature_prob, a share U(irrelevant_feature_fraction) of a table's columns
+    # (at least one, never all) is replaced by row-shuffled copies of random columns: realistic marginals, no relation
+    # to the target. Real tables have many such columns and SCM tables almost none; networks pretrained without
+    # them do not learn to ignore them (one informative column among seven shuffled ones: log loss near chance).
+    irrelevant_feature_prob: float = 0.0
+    irrelevant_feature_fraction: tuple[float, float] = (0.1, 0.8)
     class_assignments: tuple[str, ...] = CLASS_ASSIGNMENTS
     # Every class always occurs in the train part; with this flag also in the test part (as TabICL's sanity check),
     # except when the test part has fewer rows than classes. Tables with a single-row class are then redrawn.
@@ -165,6 +171,7 @@ class PriorConfig:
             "p_mitra_tree",
             "target_warp_prob",
             "target_count_prob",
+            "irrelevant_feature_prob",
         ):
             value = getattr(self, field_name)
             if not 0.0 <= value <= 1.0:
@@ -181,6 +188,9 @@ class PriorConfig:
             low, high = getattr(self, field_name)
             if not 0.0 < low <= high:
                 raise ValueError(f"{field_name} must satisfy 0 < low <= high, got {(low, high)}")
+        low, high = self.irrelevant_feature_fraction
+        if not 0.0 < low <= high < 1.0:
+            raise ValueError(f"irrelevant_feature_fraction must satisfy 0 < low <= high < 1, got {(low, high)}")
         if self.target_warp_prob > 0 and self.task != "regression":
             raise ValueError("target_warp_prob applies to regression priors only (task='regression')")
         if not self.mitra_tree_families or any(f not in MITRA_TREE_FAMILIES for f in self.mitra_tree_families):
@@ -238,6 +248,21 @@ PRIOR_CONFIGS: dict[str, PriorConfig] = {
     ),
     "tabicl_mix_regression_nan": PriorConfig(
         name="tabicl_mix_regression_nan", p_tree=0.3, task="regression", nan_prob=0.5, nan_mode="mixed"
+    ),
+    # With irrelevant columns in half of the tables (see irrelevant_feature_prob).
+    "tabicl_mix_learnable_irrelevant": PriorConfig(
+        name="tabicl_mix_learnable_irrelevant", p_tree=0.3, min_learnability_gain=0.05, irrelevant_feature_prob=0.5
+    ),
+    "mitra_mix_learnable_irrelevant": PriorConfig(
+        name="mitra_mix_learnable_irrelevant", p_tree=0.5, min_learnability_gain=0.05, irrelevant_feature_prob=0.5
+    ),
+    "tabicl_mix_regression_skewed_irrelevant": PriorConfig(
+        name="tabicl_mix_regression_skewed_irrelevant", p_tree=0.3, task="regression", min_learnability_gain=0.2,
+        target_warp_prob=0.5, irrelevant_feature_prob=0.5,
+    ),
+    "mitra_mix_regression_skewed_irrelevant": PriorConfig(
+        name="mitra_mix_regression_skewed_irrelevant", p_tree=0.5, task="regression", min_learnability_gain=0.2,
+        target_warp_prob=0.5, irrelevant_feature_prob=0.5,
     ),
 }
 

@@ -245,6 +245,24 @@ def warp_regression_target(target: torch.Tensor, rng: PriorRandom, config: Prior
     return standardize(warped, config.feature_clip)[:, 0]
 
 
+def replace_with_irrelevant_columns(features: torch.Tensor, rng: PriorRandom, config: PriorConfig) -> torch.Tensor:
+    """With ``config.irrelevant_feature_prob``: a copy of ``features (T, d)`` in which a share
+    ``config.irrelevant_feature_fraction`` of the columns (at least one, never all) are row-shuffled copies of random
+    columns, so they keep a real column's marginal distribution but carry nothing about the target. Otherwise (and
+    for a single column) ``features`` unchanged."""
+    # No draw at all when off, so the older named configs replay exactly the same tables.
+    n_rows, n_columns = features.shape
+    if config.irrelevant_feature_prob <= 0 or n_columns < 2 or not rng.bernoulli(config.irrelevant_feature_prob):
+        return features
+    share = rng.uniform(*config.irrelevant_feature_fraction)
+    n_irrelevant = min(n_columns - 1, max(1, round(share * n_columns)))
+    replaced = features.clone()
+    for column in rng.randperm(n_columns)[:n_irrelevant].tolist():
+        source = rng.integer(0, n_columns - 1)
+        replaced[:, column] = features[rng.randperm(n_rows), source]
+    return replaced
+
+
 def postprocess_table(
     X: torch.Tensor, y: torch.Tensor, n_train: int, n_classes: int, rng: PriorRandom, config: PriorConfig
 ) -> ProcessedTable | None:
@@ -262,6 +280,7 @@ def postprocess_table(
     if not bool(varying.any()):
         return None
     features = standardize(features[:, varying], config.feature_clip)
+    features = replace_with_irrelevant_columns(features, rng, config)
     if config.permute_features:
         features = features[:, rng.randperm(features.shape[1])]
 
