@@ -615,10 +615,12 @@ def _parse_calibrate(text: str) -> bool | str:
 
 
 def _parse_feature_compression(text: str) -> int | str:
+    from autogluon_tfm.inference.base import top_column_count
+
     if text.isdigit() and int(text) > 0:
         return int(text)
-    if text not in ("auto", "select", "none"):
-        raise argparse.ArgumentTypeError(f"expected auto, select, none or a positive integer, got {text!r}")
+    if text not in ("auto", "select", "none") and top_column_count(text) is None:
+        raise argparse.ArgumentTypeError(f"expected auto, select, none, top<k> or a positive integer, got {text!r}")
     return text
 
 
@@ -665,7 +667,8 @@ def parse_args(spec: Benchmark, description: str, argv: list[str] | None = None)
         )
     parser.add_argument(
         "--feature-compression", type=_parse_feature_compression, default=None,
-        help="feature_compression of the TFMs: 'auto', 'select', 'none' or a number of principal components "
+        help="feature_compression of the TFMs: 'auto', 'select', 'none', a number of principal components or "
+        "'top<k>' (the k columns extra-trees rank most important) "
         "(default: the estimator's default, 'auto': what the weights' card recommends)",
     )
     parser.add_argument("--device", default="auto")

@@ -14,8 +14,10 @@ import torch
 
 from autogluon_tfm import TFMClassifier, TFMRegressor
 from autogluon_tfm.checkpoints import list_shipped, load_network, make_tiny_network
-from autogluon_tfm.inference.base import SELECT_PCA_COMPONENTS
-from autogluon_tfm.inference.preprocessing import PCACompressor
+from autogluon_tfm.inference.base import SELECT_PCA_COMPONENTS, SELECT_TOP_COLUMNS
+from autogluon_tfm.inference.preprocessing import ImportanceSelector, PCACompressor
+
+TOP = f"top{SELECT_TOP_COLUMNS}"
 
 torch.set_num_threads(1)
 
@@ -61,6 +63,54 @@ def test_pca_compressor_keeps_the_leading_components():
         compressor.transform(X.to_numpy()[:, :29])
 
 
+def sparse_table(n_rows: int, task: str, n_noise: int = 27, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray, list]:
+    """Three informative columns (w0, w10, w20) among ``n_noise`` pure-noise columns."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n_rows, 3 + n_noise))
+    informative = [0, 10, 20]
+    target = X[:, 0] + X[:, 10] - X[:, 20] + 0.1 * rng.normal(size=n_rows)
+    y = (target > 0).astype(int) if task == "classification" else target
+    return pd.DataFrame(X, columns=[f"w{j}" for j in range(X.shape[1])]), y, informative
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_importance_selector_keeps_the_informative_columns(task):
+    X, y, informative = sparse_table(300, task)
+    values = X.to_numpy()
+    values[::7, 5] = np.nan  # missing cells are imputed for the ranking only
+    selector = ImportanceSelector(n_columns=5, task=task).fit(values, y)
+    assert len(selector.columns_) == 5 and set(informative) <= set(selector.columns_)
+    assert np.all(np.diff(selector.columns_) > 0)  # original column order
+    kept = selector.transform(values)
+    np.testing.assert_array_equal(kept, values[:, selector.columns_])  # NaN passed through untouched
+    assert np.isnan(values[::7, 5]).all(), "the input is not modified"
+    assert ImportanceSelector(n_columns=64, task=task).fit(values[:, :4], y).columns_.tolist() == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="29 columns, expected 30"):
+        selector.transform(values[:, :29])
+    with pytest.raises(ValueError, match="task must be"):
+        ImportanceSelector(task="ranking").fit(values, y)
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_top_columns_are_what_the_network_sees(networks, task):
+    X, y, informative = sparse_table(80, task)
+    model = estimator(task, networks[task], feature_compression="top5").fit(X.iloc[:60], y[:60])
+    assert model.feature_compression_ == "top5" and model.preprocessor_.n_features_out_ == 5
+    assert set(informative) <= set(model.compressor_.columns_) and model.feature_compression_scores_ is None
+    predict = model.predict_proba if task == "classification" else model.predict
+    before = predict(X.iloc[60:])
+    restored = pickle.loads(pickle.dumps(model))
+    np.testing.assert_array_equal(
+        (restored.predict_proba if task == "classification" else restored.predict)(X.iloc[60:]), before
+    )
+    # The same as giving the estimator only those columns in the first place.
+    subset = list(X.columns[model.compressor_.columns_])
+    plain = estimator(task, networks[task], feature_compression="none").fit(X.iloc[:60][subset], y[:60])
+    np.testing.assert_allclose(
+        (plain.predict_proba if task == "classification" else plain.predict)(X.iloc[60:][subset]), before, atol=1e-6
+    )
+
+
 @pytest.mark.parametrize("task", ["classification", "regression"])
 def test_a_number_of_components_is_what_the_network_sees(networks, task):
     X, y = training_table(task)
@@ -86,7 +136,8 @@ def test_a_number_of_components_is_what_the_network_sees(networks, task):
 def test_select_follows_the_held_out_scores(networks, task, monkeypatch):
     cls = TFMClassifier if task == "classification" else TFMRegressor
     X, y = training_table(task)
-    for best in ("none", SELECT_PCA_COMPONENTS):
+    candidates = {"none": "columns", SELECT_PCA_COMPONENTS: f"pca{SELECT_PCA_COMPONENTS}", TOP: TOP}
+    for best in candidates:
         calls = []
 
         def score(self, frame, targets, seed, feature_compression, best=best, calls=calls):
@@ -95,9 +146,9 @@ def test_select_follows_the_held_out_scores(networks, task, monkeypatch):
 
         monkeypatch.setattr(cls, "_held_out_score", score)
         model = estimator(task, networks[task], feature_compression="select").fit(X, y)
-        assert calls == ["none", SELECT_PCA_COMPONENTS]
-        assert model.feature_compression_ == (None if best == "none" else SELECT_PCA_COMPONENTS)
-        expected = {"columns": 0.1 if best == "none" else 0.5, f"pca{SELECT_PCA_COMPONENTS}": 0.5 if best == "none" else 0.1}
+        assert calls == list(candidates)
+        assert model.feature_compression_ == (None if best == "none" else best)
+        expected = {name: 0.1 if candidate == best else 0.5 for candidate, name in candidates.items()}
         assert model.feature_compression_scores_ == expected
     # Narrow tables are never compressed and cost no held-out pass.
     calls.clear()
@@ -118,10 +169,11 @@ def test_select_runs_real_held_out_passes_and_calibration_reuses_them(networks, 
     model = estimator("classification", networks["classification"], feature_compression="select", calibrate=True)
     model.fit(X, y)
     # Three folds of 30 rows per view, then nothing more: the temperature comes from the chosen view's folds.
-    assert fits == ["select"] + ["none"] * 3 + [SELECT_PCA_COMPONENTS] * 3
+    assert fits == ["select"] + ["none"] * 3 + [SELECT_PCA_COMPONENTS] * 3 + [TOP] * 3
     scores = model.feature_compression_scores_
-    assert set(scores) == {"columns", f"pca{SELECT_PCA_COMPONENTS}"} and all(np.isfinite(list(scores.values())))
-    chosen = "columns" if model.feature_compression_ is None else f"pca{model.feature_compression_}"
+    assert set(scores) == {"columns", f"pca{SELECT_PCA_COMPONENTS}", TOP} and all(np.isfinite(list(scores.values())))
+    chosen = model.feature_compression_
+    chosen = "columns" if chosen is None else chosen if isinstance(chosen, str) else f"pca{chosen}"
     assert scores[chosen] == min(scores.values())
     assert model.calibration_temperature_ > 0
 
@@ -165,11 +217,11 @@ def test_auto_follows_the_weights_card(networks, task):
     assert estimator(task, network).fit(X, y).feature_compression_scores_ is None  # no card: no compression
     network.inference_defaults = {"feature_compression": "select"}
     model = estimator(task, network).fit(X, y)
-    assert set(model.feature_compression_scores_) == {"columns", f"pca{SELECT_PCA_COMPONENTS}"}
+    assert set(model.feature_compression_scores_) == {"columns", f"pca{SELECT_PCA_COMPONENTS}", TOP}
     assert estimator(task, network, feature_compression="none").fit(X, y).feature_compression_scores_ is None
 
 
-@pytest.mark.parametrize("value", ["pca", 0, -3, True, 2.5])
+@pytest.mark.parametrize("value", ["pca", 0, -3, True, 2.5, "top0", "top", "top-2", "Top5"])
 def test_bad_feature_compression_is_refused(networks, value):
     X, y = training_table("regression", n_rows=20)
     with pytest.raises(ValueError, match="feature_compression must be one of"):

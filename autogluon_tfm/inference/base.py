@@ -11,6 +11,7 @@ import contextlib
 import functools
 import itertools
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -29,6 +30,7 @@ from autogluon_tfm.inference.preprocessing import (
     CATEGORICAL_ORDERS,
     NORM_METHODS,
     EnsemblePreprocessor,
+    ImportanceSelector,
     PCACompressor,
     as_frame,
 )
@@ -38,6 +40,7 @@ __all__ = [
     "FINE_TUNE_MODES",
     "PRECISIONS",
     "SELECT_PCA_COMPONENTS",
+    "SELECT_TOP_COLUMNS",
     "InContextEstimator",
     "resolve_device",
     "resolve_precision",
@@ -52,8 +55,31 @@ FEATURE_COMPRESSION_MODES = ("auto", "select", "none")
 #: ``feature_compression="select"`` compares the encoded columns with this many principal components (measured on
 #: the dev datasets: 16 components helped wide tables, 32 often kept too much noise).
 SELECT_PCA_COMPONENTS = 16
+#: ... and with this many of its columns, those extra-trees rank most important (``feature_compression="top16"``).
+SELECT_TOP_COLUMNS = 16
 # Whether precision="auto" picks bf16 autocast on CPUs with native bf16 matmuls (see ``resolve_precision``).
 AUTO_BF16_ON_CPU = False
+
+
+def top_column_count(value: str) -> int | None:
+    """``"top<k>"`` (k >= 1) -> k; any other string -> None."""
+    match = re.fullmatch(r"top([1-9][0-9]*)", value)
+    return int(match.group(1)) if match else None
+
+
+def _compression_name(compression: int | str | None) -> str:
+    """Key of ``feature_compression_scores_``: ``"columns"``, ``"pca16"`` or ``"top16"``."""
+    if compression is None:
+        return "columns"
+    return compression if isinstance(compression, str) else f"pca{compression}"
+
+
+def _compression_description(compression: int | str | None) -> str:
+    if compression is None:
+        return "columns"
+    if isinstance(compression, str):
+        return f"the {top_column_count(compression)} most important columns"
+    return f"{compression} principal components"
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -198,14 +224,16 @@ class InContextEstimator(BaseEstimator):
     ``outlier_threshold``, ``feature_compression``, ``batch_size``, ``device``, ``precision``, ``random_state``,
     ``verbose``, and the finetuning parameters both estimators share.
 
-    ``feature_compression`` feeds the network the leading principal components of the encoded columns instead of
-    the columns (:class:`~autogluon_tfm.inference.preprocessing.PCACompressor`): an int ``k`` always uses ``k``
-    components; ``"select"`` decides per table, on tables with more than ``SELECT_PCA_COMPONENTS`` encoded columns:
-    a few folds of (at most 1,024) training rows are predicted in context from the other rows, once from the columns
-    and once from ``SELECT_PCA_COMPONENTS`` components, and the view with the lower held-out loss (log loss,
-    RMSE) is kept (``feature_compression_scores_``); ``"none"`` never compresses; ``"auto"`` does what the
-    weights' card recommends (``inference_defaults``), else ``"none"``. ``feature_compression_`` is the number of
-    components used (None: the columns themselves).
+    ``feature_compression`` feeds the network fewer columns than the encoded table has: an int ``k`` always uses
+    the ``k`` leading principal components (:class:`~autogluon_tfm.inference.preprocessing.PCACompressor`),
+    ``"top<k>"`` always the ``k`` columns that extra-trees on the training rows rank most important
+    (:class:`~autogluon_tfm.inference.preprocessing.ImportanceSelector`); ``"select"`` decides per table, on tables
+    with more than ``SELECT_PCA_COMPONENTS`` encoded columns: a few folds of (at most 1,024) training rows are
+    predicted in context from the other rows, once from all columns, once from ``SELECT_PCA_COMPONENTS``
+    components and once from the ``SELECT_TOP_COLUMNS`` most important columns, and the view with the lowest
+    held-out loss (log loss, RMSE) is kept (``feature_compression_scores_``); ``"none"`` never compresses;
+    ``"auto"`` does what the weights' card recommends (``inference_defaults``), else ``"none"``.
+    ``feature_compression_`` is what was used: a number of components, ``"top<k>"``, or None (all columns).
 
     Finetuning parameters:
 
@@ -270,10 +298,12 @@ class InContextEstimator(BaseEstimator):
         value = self.feature_compression
         if value is None or (isinstance(value, str) and value in FEATURE_COMPRESSION_MODES):
             return
+        if isinstance(value, str) and top_column_count(value) is not None:
+            return
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(
-                f"feature_compression must be one of {FEATURE_COMPRESSION_MODES}, None or a positive number of "
-                f"principal components, got {value!r}."
+                f"feature_compression must be one of {FEATURE_COMPRESSION_MODES}, None, a positive number of "
+                f"principal components or 'top<k>' (the k most important columns, e.g. 'top16'), got {value!r}."
             )
 
     def _validate_fine_tune_params(self) -> None:
@@ -386,15 +416,20 @@ class InContextEstimator(BaseEstimator):
         return None if value is None or value == "none" else value
 
     def _fit_features(
-        self, X_encoded: np.ndarray, n_components: int | None, norm_methods: Sequence[str], seed: int | None,
-        n_classes: int, class_shift: bool,
+        self, X_encoded: np.ndarray, targets: np.ndarray, compression: int | str | None, norm_methods: Sequence[str],
+        seed: int | None, n_classes: int, class_shift: bool,
     ) -> None:
-        """Fit the compression (``n_components``; None = none), the normalisations and the ensemble members on the
-        encoded training rows."""
-        self.feature_compression_ = n_components
+        """Fit the compression (principal components, ``"top<k>"`` columns or None), the normalisations and the
+        ensemble members on the encoded training rows."""
+        self.feature_compression_ = compression
         self.compressor_ = None
-        if n_components is not None:
-            self.compressor_ = PCACompressor(n_components, seed).fit(X_encoded)
+        n_top = top_column_count(compression) if isinstance(compression, str) else None
+        if n_top is not None:
+            self.compressor_ = ImportanceSelector(n_top, self._task, random_state=seed).fit(X_encoded, targets)
+            X_encoded = self.compressor_.transform(X_encoded)
+            self.feature_compression_ = f"top{len(self.compressor_.columns_)}"
+        elif compression is not None:
+            self.compressor_ = PCACompressor(compression, seed).fit(X_encoded)
             X_encoded = self.compressor_.transform(X_encoded)
             self.feature_compression_ = self.compressor_.n_components_
         self.preprocessor_ = EnsemblePreprocessor(norm_methods, self.outlier_threshold, seed).fit(X_encoded)
@@ -410,9 +445,9 @@ class InContextEstimator(BaseEstimator):
 
     def _choose_feature_compression(
         self, frame: pd.DataFrame, targets: np.ndarray, n_encoded_features: int, seed: int | None
-    ) -> tuple[int | None, Any]:
-        """The number of components to use (None: the columns) and what the held-out pass of that choice left for
-        later steps (None when nothing was held out; see ``_held_out_score``)."""
+    ) -> tuple[int | str | None, Any]:
+        """The compression to use (a number of components, ``"top<k>"``, None: the columns) and what the held-out
+        pass of that choice left for later steps (None when nothing was held out; see ``_held_out_score``)."""
         self.feature_compression_scores_: dict[str, float] | None = None
         setting = self._resolve_feature_compression()
         if setting != "select":
@@ -420,19 +455,19 @@ class InContextEstimator(BaseEstimator):
         if n_encoded_features <= SELECT_PCA_COMPONENTS:
             return None, None
         scored = {}
-        for candidate in (None, SELECT_PCA_COMPONENTS):
+        for candidate in (None, SELECT_PCA_COMPONENTS, f"top{SELECT_TOP_COLUMNS}"):
             result = self._held_out_score(frame, targets, seed, "none" if candidate is None else candidate)
             if result is None:  # nothing could be held out (too few rows, or every fold's context has one class)
                 return None, None
             scored[candidate] = result
         best = min(scored, key=lambda candidate: scored[candidate][0])
         self.feature_compression_scores_ = {
-            "columns" if candidate is None else f"pca{candidate}": score for candidate, (score, _) in scored.items()
+            _compression_name(candidate): score for candidate, (score, _) in scored.items()
         }
         logger.info(
             "feature_compression='select': held-out loss %s -> %s",
             ", ".join(f"{name} {score:.4g}" for name, score in self.feature_compression_scores_.items()),
-            "columns" if best is None else f"{best} principal components",
+            _compression_description(best),
         )
         return best, scored[best][1]
 

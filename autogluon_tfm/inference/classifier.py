@@ -82,8 +82,9 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
             TabPFNv2 and Mitra weights, which are underconfident), else not; ``True`` / ``False``: always / never.
             In-context only: with ``fine_tune`` the training rows are no longer unseen, so ``"auto"`` skips it and
             ``True`` is refused.
-        feature_compression: ``"auto"``, ``"select"``, ``"none"`` or a number of principal components: feed the
-            network the leading principal components of wide tables instead of their columns (see
+        feature_compression: ``"auto"``, ``"select"``, ``"none"``, a number of principal components or
+            ``"top<k>"``: feed the network the leading principal components of wide tables, or their k most
+            important columns, instead of all their columns (see
             :class:`~autogluon_tfm.inference.base.InContextEstimator`). ``"select"`` scores the held-out rows by log
             loss, after the calibration temperature when calibrating, and calibration reuses that pass.
         batch_size: ensemble members per network call.
@@ -104,7 +105,7 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
     ``encoder_``, ``preprocessor_``, ``members_``, ``network_``, ``checkpoint_path_``, ``device_``, ``precision_``,
     ``y_train_``, ``max_classes_per_call_``, ``class_tree_`` (None unless there are more classes than that),
     ``calibration_temperature_`` (1.0 when not calibrated), ``feature_compression_`` (principal components fed to the
-    network; None: the encoded columns), ``compressor_``, ``feature_compression_scores_`` (held-out losses of
+    network, ``"top<k>"`` for k selected columns, None: all encoded columns), ``compressor_``, ``feature_compression_scores_`` (held-out losses of
     ``"select"``, else None),
     ``fine_tune_report_`` (a :class:`autogluon_tfm.finetune.FinetuneReport`, or None without finetuning).
     """
@@ -291,7 +292,9 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
         n_components, held_out_temperature = self._choose_feature_compression(
             frame, y_encoded, X_encoded.shape[1], seed
         )
-        self._fit_features(X_encoded, n_components, norm_methods, seed, self.n_classes_, bool(self.class_shift))
+        self._fit_features(
+            X_encoded, y_encoded, n_components, norm_methods, seed, self.n_classes_, bool(self.class_shift)
+        )
         self.y_train_ = y_encoded
         self._reset_train_cache()
         self.fine_tune_report_ = None

@@ -111,8 +111,9 @@ class TFMRegressor(RegressorMixin, InContextEstimator):
             smoothed mean training target (see :class:`~autogluon_tfm.inference.preprocessing.TableEncoder`),
             ``"lexical"`` in sorted order (the official TabICL encoding); ``"auto"`` = ``"target"``.
         outlier_threshold: soft-clip features beyond this many standard deviations.
-        feature_compression: ``"auto"``, ``"select"``, ``"none"`` or a number of principal components: feed the
-            network the leading principal components of wide tables instead of their columns (see
+        feature_compression: ``"auto"``, ``"select"``, ``"none"``, a number of principal components or
+            ``"top<k>"``: feed the network the leading principal components of wide tables, or their k most
+            important columns, instead of all their columns (see
             :class:`~autogluon_tfm.inference.base.InContextEstimator`). ``"select"`` scores the held-out rows by RMSE.
         batch_size: ensemble members per network call.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, or a ``torch.device``.
@@ -135,8 +136,8 @@ class TFMRegressor(RegressorMixin, InContextEstimator):
     Fitted attributes: ``n_features_in_``, ``feature_names_in_`` (DataFrame input), ``encoder_``, ``preprocessor_``,
     ``members_``, ``network_``, ``checkpoint_path_``, ``device_``, ``precision_``, ``head_`` (how the network's
     output is read), ``target_scaler_`` (None for a constant target), ``constant_target_`` (the constant, else
-    None), ``y_train_`` (scaled training targets), ``feature_compression_`` (principal components fed to the network;
-    None: the encoded columns), ``compressor_``, ``feature_compression_scores_`` (held-out RMSE of ``"select"``,
+    None), ``y_train_`` (scaled training targets), ``feature_compression_`` (principal components fed to the network,
+    ``"top<k>"`` for k selected columns, None: all encoded columns), ``compressor_``, ``feature_compression_scores_`` (held-out RMSE of ``"select"``,
     else None), ``fine_tune_report_`` (a
     :class:`autogluon_tfm.finetune.FinetuneReport`, or None without finetuning).
     """
@@ -228,7 +229,7 @@ class TFMRegressor(RegressorMixin, InContextEstimator):
         self.encoder_ = TableEncoder(categorical_order=order).fit(frame, targets)
         X_encoded = self.encoder_.transform(frame)
         n_components, _ = self._choose_feature_compression(frame, targets, X_encoded.shape[1], seed)
-        self._fit_features(X_encoded, n_components, norm_methods, seed, n_classes=1, class_shift=False)
+        self._fit_features(X_encoded, targets, n_components, norm_methods, seed, n_classes=1, class_shift=False)
 
         if np.all(targets == targets[0]):  # includes a single training row: nothing to learn but the value
             self.constant_target_: float | None = float(targets[0])
