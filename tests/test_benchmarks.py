@@ -214,3 +214,34 @@ def test_repeat_predict_benchmark_reports_cached_and_uncached_rows(tmp_path):
     assert len(rows) == 3
     for row in rows:  # the cached path gives the uncached probabilities
         assert float(row.split("|")[-2]) < 1e-4
+
+
+def test_merge_results_replaces_the_rows_of_the_taken_methods_and_keeps_the_notes(tmp_path: Path) -> None:
+    from benchmarks import merge_results
+
+    common = ["--seeds", "1", "--max-test", "40"]
+    code, kept, _ = _run(classification, tmp_path, "kept", "--datasets", "iris,wine", *common, "--methods", "rf,majority")
+    assert code == 0
+    report = tmp_path / "kept.md"
+    lines = report.read_text().splitlines()
+    report.write_text("\n".join([*lines[:3], "", "A hand-written note.", *lines[3:]]) + "\n")
+    # A newer run on wine only; its CSV also holds the majority rows it merged (same values), which are not taken.
+    code, newer, _ = _run(
+        classification, tmp_path, "newer", "--datasets", "wine", *common, "--methods", "rf", "--n-estimators", "1",
+        "--merge-csv", str(tmp_path / "kept.csv"),
+    )
+    newer.loc[newer["method"] == "rf", "accuracy"] = 0.5  # as if the newer run had scored differently
+    newer.to_csv(tmp_path / "newer.csv", index=False)
+    argv = ["classification", str(tmp_path / "kept.csv"), str(tmp_path / "newer.csv"), "--take", "rf", *common]
+    assert merge_results.main(argv) == 0
+    merged = pd.read_csv(tmp_path / "kept.csv", keep_default_na=False)
+    assert merged[["dataset", "method"]].values.tolist() == kept[["dataset", "method"]].values.tolist()
+    accuracy = merged.set_index(["dataset", "method"])["accuracy"]
+    assert accuracy["wine", "rf"] == 0.5 and accuracy["iris", "rf"] == kept.set_index(["dataset", "method"])[
+        "accuracy"]["iris", "rf"]
+    assert "A hand-written note." in report.read_text() and "| RF | Majority |" in report.read_text()
+    # Rows made on other splits are refused, and nothing is written.
+    newer["n_train"] += 1
+    newer.to_csv(tmp_path / "newer.csv", index=False)
+    before = (tmp_path / "kept.csv").read_text()
+    assert merge_results.main(argv) == 2 and (tmp_path / "kept.csv").read_text() == before
