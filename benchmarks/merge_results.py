@@ -7,8 +7,8 @@ A row of the newer CSV of a method named by ``--take`` (a run's CSV also holds t
 replaces the kept row with the same (dataset, seed, method); kept rows without a newer
 counterpart stay, in their order. A newer row on a split of other sizes is refused (``MergeError``). The report next
 to the kept CSV (same name, ``.md``) is rebuilt from the merged rows with the benchmark arguments given after the two
-CSVs (they describe the split: seeds, train and test sizes), and the hand-written notes of the old report (the
-paragraphs between its settings line and "Preprocessing:") are carried over, for a new note to be added by hand.
+CSVs (they describe the split: seeds, train and test sizes); the hand-edited head of the old report (its settings
+line and the notes after it, up to "Preprocessing:") is carried over, for a new note to be added by hand.
 """
 
 from __future__ import annotations
@@ -39,14 +39,17 @@ def merge_rows(spec: _common.Benchmark, kept: pd.DataFrame, newer: pd.DataFrame)
     return _common.combine(spec, _common.results_frame(spec, merged), [], datasets)
 
 
-def kept_notes(report: str) -> list[str]:
-    """The hand-written paragraphs of a report: after its settings line, before "Preprocessing:"."""
+def kept_header(report: str) -> list[str]:
+    """The hand-edited part of a report: its settings line and the notes after it, up to "Preprocessing:"."""
     lines = report.splitlines()
     start = next((i for i, line in enumerate(lines) if line.startswith("Seeds: ")), None)
     end = next((i for i, line in enumerate(lines) if line.startswith("Preprocessing: ")), None)
     if start is None or end is None or end <= start:
         return []
-    return lines[start + 1 : end]
+    header = lines[start:end]
+    while header and not header[-1].strip():
+        header.pop()
+    return header
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,13 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     report_path = known.kept.with_suffix(".md")
     args = spec.parse_args([*rest, "--datasets", *merged["dataset"].unique(), "--out", str(report_path)])
     report = _common.build_report(spec, merged, args).splitlines()
-    notes = kept_notes(report_path.read_text()) if report_path.exists() else []
-    while notes and not notes[0].strip():
-        notes.pop(0)
-    while notes and not notes[-1].strip():
-        notes.pop()
-    if notes:
-        report[3:3] = ["", *notes]
+    header = kept_header(report_path.read_text()) if report_path.exists() else []
+    if header:  # the settings line (hand-edited: it names what the rows were measured with) and the notes
+        report[2:3] = header
     merged.to_csv(known.kept, index=False)
     report_path.write_text("\n".join(report) + "\n")
     print(f"written: {known.kept} ({len(merged)} rows, {int(newer.shape[0])} from {known.newer}) and {report_path}")
