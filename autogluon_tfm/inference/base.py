@@ -74,14 +74,6 @@ def _compression_name(compression: int | str | None) -> str:
     return compression if isinstance(compression, str) else f"pca{compression}"
 
 
-def _compression_description(compression: int | str | None) -> str:
-    if compression is None:
-        return "columns"
-    if isinstance(compression, str):
-        return f"the {top_column_count(compression)} most important columns"
-    return f"{compression} principal components"
-
-
 def resolve_device(device: str | torch.device) -> torch.device:
     """``"auto"`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``."""
     if isinstance(device, str) and device == "auto":
@@ -467,7 +459,7 @@ class InContextEstimator(BaseEstimator):
         logger.info(
             "feature_compression='select': held-out loss %s -> %s",
             ", ".join(f"{name} {score:.4g}" for name, score in self.feature_compression_scores_.items()),
-            _compression_description(best),
+            _compression_name(best),
         )
         return best, scored[best][1]
 

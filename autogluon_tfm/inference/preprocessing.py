@@ -358,11 +358,8 @@ class ImportanceSelector(TransformerMixin, BaseEstimator):
         rows = np.arange(len(X))
         if len(rows) > self.max_rows:
             rows = np.sort(np.random.default_rng(self.random_state).choice(rows, self.max_rows, replace=False))
-        sample = X[rows]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: mean NaN, imputed as 0 below
-            means = np.nanmean(sample, axis=0)
-        sample = np.where(np.isnan(sample), np.nan_to_num(means), sample)
+        # Mean-imputed for the ranking only (an all-missing column becomes 0 and ranks last).
+        sample = SimpleImputer(keep_empty_features=True).fit_transform(X[rows])
         forest_class = ExtraTreesClassifier if self.task == "classification" else ExtraTreesRegressor
         forest = forest_class(n_estimators=self.n_trees, random_state=self.random_state, n_jobs=1)
         forest.fit(sample, y[rows])
