@@ -14,10 +14,12 @@ import torch
 
 from autogluon_tfm import TFMClassifier, TFMRegressor
 from autogluon_tfm.checkpoints import list_shipped, load_network, make_tiny_network
-from autogluon_tfm.inference.base import SELECT_PCA_COMPONENTS, SELECT_TOP_COLUMNS
+from autogluon_tfm.inference.base import SELECT_PCA_COMPONENTS, SELECT_TOP_COLUMN_COUNTS, select_candidates
 from autogluon_tfm.inference.preprocessing import ImportanceSelector, PCACompressor
 
-TOP = f"top{SELECT_TOP_COLUMNS}"
+TOPS = [f"top{k}" for k in SELECT_TOP_COLUMN_COUNTS]
+#: Score keys of "select" on a 40-column table: every view.
+WIDE_VIEWS = {"columns", f"pca{SELECT_PCA_COMPONENTS}", *TOPS}
 
 torch.set_num_threads(1)
 
@@ -136,24 +138,58 @@ def test_a_number_of_components_is_what_the_network_sees(networks, task):
 def test_select_follows_the_held_out_scores(networks, task, monkeypatch):
     cls = TFMClassifier if task == "classification" else TFMRegressor
     X, y = training_table(task)
-    candidates = {"none": "columns", SELECT_PCA_COMPONENTS: f"pca{SELECT_PCA_COMPONENTS}", TOP: TOP}
+    candidates = {"none": "columns", SELECT_PCA_COMPONENTS: f"pca{SELECT_PCA_COMPONENTS}", **{t: t for t in TOPS}}
     for best in candidates:
         calls = []
 
-        def score(self, frame, targets, seed, feature_compression, best=best, calls=calls):
+        def losses(self, frame, targets, seed, feature_compression, best=best, calls=calls):
             calls.append(feature_compression)
-            return (0.1 if feature_compression == best else 0.5), None
+            return np.full(30, 0.01 if feature_compression == best else 0.25), None
 
-        monkeypatch.setattr(cls, "_held_out_score", score)
+        monkeypatch.setattr(cls, "_held_out_losses", losses)
         model = estimator(task, networks[task], feature_compression="select").fit(X, y)
         assert calls == list(candidates)
         assert model.feature_compression_ == (None if best == "none" else best)
-        expected = {name: 0.1 if candidate == best else 0.5 for candidate, name in candidates.items()}
+        low, high = cls._held_out_score(np.full(30, 0.01)), cls._held_out_score(np.full(30, 0.25))
+        expected = {name: low if candidate == best else high for candidate, name in candidates.items()}
         assert model.feature_compression_scores_ == expected
-    # Narrow tables are never compressed and cost no held-out pass.
+    # A table of 16 columns has no components to compare, but its 8 and 4 most important columns.
     calls.clear()
     narrow = estimator(task, networks[task], feature_compression="select").fit(X.iloc[:, :SELECT_PCA_COMPONENTS], y)
+    assert calls == ["none", "top8", "top4"] and narrow.feature_compression_ == "top4"
+    assert narrow.feature_compression_scores_ == {"columns": high, "top8": high, "top4": low}
+    # Tables of at most min(SELECT_TOP_COLUMN_COUNTS) columns are never compressed and cost no held-out pass.
+    calls.clear()
+    narrow = estimator(task, networks[task], feature_compression="select").fit(X.iloc[:, :4], y)
     assert calls == [] and narrow.feature_compression_ is None and narrow.feature_compression_scores_ is None
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_select_keeps_the_columns_unless_a_view_is_clearly_better(networks, task, monkeypatch):
+    """A view whose held-out loss is lower only by chance (a few rows much better, most worse) does not replace the
+    columns; one lower by more than SELECT_STANDARD_ERRORS standard errors does."""
+    cls = TFMClassifier if task == "classification" else TFMRegressor
+    X, y = training_table(task)
+    columns = np.full(40, 0.5)
+    lucky = np.r_[np.zeros(2), np.full(38, 0.52)]  # mean 0.494 < 0.5, but the paired difference is noise
+    steady = np.full(40, 0.45)  # lower on every row
+    for views, chosen in (({"top16": lucky}, None), ({"top16": lucky, "top8": steady}, "top8")):
+
+        def losses(self, frame, targets, seed, feature_compression, views=views):
+            return views.get(feature_compression, columns).copy(), None
+
+        monkeypatch.setattr(cls, "_held_out_losses", losses)
+        model = estimator(task, networks[task], feature_compression="select").fit(X, y)
+        assert model.feature_compression_scores_["top16"] < model.feature_compression_scores_["columns"]
+        assert model.feature_compression_ == chosen
+
+
+def test_select_candidates_by_width():
+    assert select_candidates(4) == [None]
+    assert select_candidates(5) == [None, "top4"]
+    assert select_candidates(9) == [None, "top8", "top4"]
+    assert select_candidates(16) == [None, "top8", "top4"]
+    assert select_candidates(17) == [None, SELECT_PCA_COMPONENTS, "top16", "top8", "top4"]
 
 
 def test_select_runs_real_held_out_passes_and_calibration_reuses_them(networks, monkeypatch):
@@ -169,9 +205,9 @@ def test_select_runs_real_held_out_passes_and_calibration_reuses_them(networks, 
     model = estimator("classification", networks["classification"], feature_compression="select", calibrate=True)
     model.fit(X, y)
     # Three folds of 30 rows per view, then nothing more: the temperature comes from the chosen view's folds.
-    assert fits == ["select"] + ["none"] * 3 + [SELECT_PCA_COMPONENTS] * 3 + [TOP] * 3
+    assert fits == ["select"] + ["none"] * 3 + [SELECT_PCA_COMPONENTS] * 3 + [top for top in TOPS for _ in range(3)]
     scores = model.feature_compression_scores_
-    assert set(scores) == {"columns", f"pca{SELECT_PCA_COMPONENTS}", TOP} and all(np.isfinite(list(scores.values())))
+    assert set(scores) == WIDE_VIEWS and all(np.isfinite(list(scores.values())))
     chosen = model.feature_compression_
     chosen = "columns" if chosen is None else chosen if isinstance(chosen, str) else f"pca{chosen}"
     assert scores[chosen] == min(scores.values())
@@ -217,7 +253,7 @@ def test_auto_follows_the_weights_card(networks, task):
     assert estimator(task, network).fit(X, y).feature_compression_scores_ is None  # no card: no compression
     network.inference_defaults = {"feature_compression": "select"}
     model = estimator(task, network).fit(X, y)
-    assert set(model.feature_compression_scores_) == {"columns", f"pca{SELECT_PCA_COMPONENTS}", TOP}
+    assert set(model.feature_compression_scores_) == WIDE_VIEWS
     assert estimator(task, network, feature_compression="none").fit(X, y).feature_compression_scores_ is None
 
 

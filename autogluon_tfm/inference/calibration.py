@@ -18,7 +18,7 @@ from scipy.optimize import minimize_scalar
 
 from autogluon_tfm.inference.hierarchical import softmax
 
-__all__ = ["apply_temperature", "calibration_folds", "clipped_log_loss", "fit_temperature"]
+__all__ = ["apply_temperature", "calibration_folds", "clipped_log_loss", "fit_temperature", "row_log_losses"]
 
 #: At most this many training rows are predicted out of fold (a random subset on larger tables).
 CALIBRATION_MAX_ROWS = 1024
@@ -41,10 +41,15 @@ def apply_temperature(proba: np.ndarray, temperature: float) -> np.ndarray:
     return softmax(np.log(np.maximum(proba, np.finfo(np.float64).tiny)), temperature)
 
 
-def clipped_log_loss(proba: np.ndarray, labels: np.ndarray) -> float:
-    """Mean negative log of the probabilities of ``labels`` (column indices), clipped at ``_PROBA_FLOOR``."""
+def row_log_losses(proba: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Negative log of each row's probability of its label (column index), clipped at ``_PROBA_FLOOR``."""
     picked = proba[np.arange(len(labels)), labels]
-    return float(-np.mean(np.log(np.clip(picked, _PROBA_FLOOR, 1.0))))
+    return -np.log(np.clip(picked, _PROBA_FLOOR, 1.0))
+
+
+def clipped_log_loss(proba: np.ndarray, labels: np.ndarray) -> float:
+    """Mean of :func:`row_log_losses`."""
+    return float(np.mean(row_log_losses(proba, labels)))
 
 
 def fit_temperature(proba: np.ndarray, labels: np.ndarray) -> float:

@@ -31,7 +31,7 @@ from autogluon_tfm.inference.base import (  # noqa: F401 - resolve_*, PRECISIONS
     resolve_precision,
     supports_train_cache,
 )
-from autogluon_tfm.inference.calibration import apply_temperature, clipped_log_loss, fit_temperature
+from autogluon_tfm.inference.calibration import apply_temperature, fit_temperature, row_log_losses
 from autogluon_tfm.inference.ensemble import EnsembleMember
 from autogluon_tfm.inference.hierarchical import build_class_tree, hierarchical_proba, proba_to_logits, softmax
 from autogluon_tfm.inference.preprocessing import TableEncoder
@@ -351,19 +351,23 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
     def _can_fit_context(targets: np.ndarray) -> bool:
         return len(np.unique(targets)) >= 2
 
-    def _held_out_score(
+    def _held_out_losses(
         self, frame: pd.DataFrame, targets: np.ndarray, seed: int | None, feature_compression: str | int
-    ) -> tuple[float, float | None] | None:
-        """Held-out log loss with ``feature_compression`` (after the temperature fitted on it when calibrating) and
-        that temperature (None when not calibrating)."""
+    ) -> tuple[np.ndarray, float | None] | None:
+        """Per-row held-out log losses with ``feature_compression`` (after the temperature fitted on them when
+        calibrating) and that temperature (None when not calibrating)."""
         held_out = self._held_out_proba(frame, targets, seed, feature_compression=feature_compression)
         if held_out is None:
             return None
         proba, labels = held_out
-        if not self._resolve_calibrate():
-            return clipped_log_loss(proba, labels), None
-        temperature = fit_temperature(proba, labels)
-        return clipped_log_loss(apply_temperature(proba, temperature), labels), temperature
+        temperature = fit_temperature(proba, labels) if self._resolve_calibrate() else None
+        if temperature is not None:
+            proba = apply_temperature(proba, temperature)
+        return row_log_losses(proba, labels), temperature
+
+    @staticmethod
+    def _held_out_score(losses: np.ndarray) -> float:
+        return float(np.mean(losses))
 
     def _fit_calibration_temperature(self, frame: pd.DataFrame, y_encoded: np.ndarray, seed: int | None) -> float:
         """Temperature fitted on out-of-fold in-context predictions of (some of) the training rows; 1.0 when the

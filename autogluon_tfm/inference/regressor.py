@@ -259,10 +259,10 @@ class TFMRegressor(RegressorMixin, InContextEstimator):
         )
         return self
 
-    def _held_out_score(
+    def _held_out_losses(
         self, frame: pd.DataFrame, targets: np.ndarray, seed: int | None, feature_compression: str | int
-    ) -> tuple[float, None] | None:
-        """RMSE of in-context predictions of held-out training rows with ``feature_compression``."""
+    ) -> tuple[np.ndarray, None] | None:
+        """Per-row squared errors of in-context predictions of held-out training rows with ``feature_compression``."""
         squared_errors = [
             (fold_model.predict(frame.iloc[fold]) - targets[fold]) ** 2
             for fold, fold_model in self._held_out_estimators(
@@ -271,7 +271,12 @@ class TFMRegressor(RegressorMixin, InContextEstimator):
         ]
         if not squared_errors:
             return None
-        return float(np.sqrt(np.mean(np.concatenate(squared_errors)))), None
+        return np.concatenate(squared_errors), None
+
+    @staticmethod
+    def _held_out_score(losses: np.ndarray) -> float:
+        """RMSE."""
+        return float(np.sqrt(np.mean(losses)))
 
     def _run_fine_tune(self, X_val: Any, y_val: Any, seed: int | None, fit_start: float) -> None:
         """Finetune on the training table (targets in the scaled space of ``y_train_``)."""
