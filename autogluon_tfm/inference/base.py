@@ -250,8 +250,9 @@ class InContextEstimator(BaseEstimator):
     with more than ``min(SELECT_TOP_COLUMN_COUNTS)`` encoded columns: a few folds of (at most 1,024) training rows
     are predicted in context from the other rows, once from all columns, once from ``SELECT_PCA_COMPONENTS``
     components (wider tables only) and once from the ``k`` most important columns for each ``k`` of
-    ``SELECT_TOP_COLUMN_COUNTS`` below the width (:func:`select_candidates`), and the view with the lowest
-    held-out loss (log loss, RMSE) is kept (``feature_compression_scores_``); ``"none"`` never compresses;
+    ``SELECT_TOP_COLUMN_COUNTS`` below the width (:func:`select_candidates`); the view with the lowest held-out
+    loss (log loss, RMSE; ``feature_compression_scores_``) is kept if it beats the columns by more than
+    ``SELECT_STANDARD_ERRORS`` standard errors of the per-row difference, else the columns are; ``"none"`` never compresses;
     ``"auto"`` does what the weights' card recommends (``inference_defaults``), else ``"none"``.
     ``feature_compression_`` is what was used: a number of components, ``"top<k>"``, or None (all columns).
 
@@ -485,13 +486,14 @@ class InContextEstimator(BaseEstimator):
             _compression_name(candidate): self._held_out_score(losses) for candidate, (losses, _) in scored.items()
         }
         best = min(scored, key=lambda candidate: self.feature_compression_scores_[_compression_name(candidate)])
+        lowest = best
         if best is not None and not _clearly_lower(scored[best][0], scored[None][0]):
-            logger.info("feature_compression='select': %s is not clearly better than the columns", _compression_name(best))
             best = None
         logger.info(
-            "feature_compression='select': held-out loss %s -> %s",
+            "feature_compression='select': held-out loss %s -> %s%s",
             ", ".join(f"{name} {score:.4g}" for name, score in self.feature_compression_scores_.items()),
             _compression_name(best),
+            "" if best == lowest else f" ({_compression_name(lowest)} not lower by a standard error)",
         )
         return best, scored[best][1]
 
