@@ -245,3 +245,24 @@ def test_merge_results_replaces_the_rows_of_the_taken_methods_and_keeps_the_note
     newer.to_csv(tmp_path / "newer.csv", index=False)
     before = (tmp_path / "kept.csv").read_text()
     assert merge_results.main(argv) == 2 and (tmp_path / "kept.csv").read_text() == before
+
+
+def test_synthetic_probe_scores_every_task_for_each_checkpoint_and_rejects_regression(tmp_path: Path) -> None:
+    from autogluon_tfm.checkpoints import make_tiny_network, save_network
+    from benchmarks import synthetic_probe
+
+    paths = [str(save_network(make_tiny_network(arch), tmp_path / arch)) for arch in ("tabicl", "tabpfn_v2", "mitra")]
+    out = tmp_path / "probe.md"
+    lines = synthetic_probe.main(["--checkpoints", *paths, "--n-train", "40", "--n-test", "20", "--tables", "1",
+                                  "--fit-fresh", "mitra-tiny", "--fit-steps", "3", "--out", str(out)])
+    rows = [line.split("|")[2:-1] for line in lines if line.startswith(f"| {tmp_path}")]
+    assert len(rows) == 3 and all(len(row) == len(synthetic_probe.TASKS) for row in rows)
+    assert all(0 < float(cell) < 20 for row in rows for cell in row)  # cross-entropies of real network calls
+    report = out.read_text()
+    assert report.count("\n| ") == 5  # header, class prior and one row per checkpoint
+    assert "fresh `mitra-tiny`" in report and "step 3 " in report  # the fresh network's loss curve
+    regression = save_network(make_tiny_network("mitra", "regression"), tmp_path / "mitra-reg")
+    with pytest.raises(ValueError, match="not a classification network"):
+        synthetic_probe.main(["--checkpoints", str(regression), "--tables", "1", "--n-train", "20", "--n-test", "5"])
+    with pytest.raises(ValueError, match="Unknown pretraining preset"):
+        synthetic_probe.fit_fresh("mitra-huge", steps=1)

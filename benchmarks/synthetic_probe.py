@@ -1,0 +1,139 @@
+"""Synthetic probe: can a classification network find the informative columns of a table?
+
+    OMP_NUM_THREADS=1 python benchmarks/synthetic_probe.py --checkpoints mitra-clf-small tabpfnv2-clf-small \
+        --out benchmarks/results/synthetic_probe.md
+
+Binary tables of N(0, 1) columns whose label is a simple function of one or two of them: one informative column
+among 0-7 columns of pure noise, a comparison of two columns (``x0 > x1``, which no function of the row's values *as a
+set* can answer), a sum, and an xor. Each cell is the mean cross-entropy of one flat network call (no ensemble, no
+preprocessing) on ``--n-test`` test rows with ``--n-train`` training rows as context, over ``--tables`` tables; the
+class prior scores ln 2 = 0.693. Seconds per checkpoint, so it can run after every pretraining session: dev-set
+log loss mixes many effects, this probe isolates one (ignoring columns that carry no signal, telling columns apart).
+
+``--fit-fresh PRESET`` first trains a freshly initialised network of a pretraining preset (``mitra-small``, ...) on
+tables of the comparison task alone (``x_a > x_b`` for a random pair of 3 columns, 16 tables of 128 + 64 rows per
+step, Adam) and prints its loss every 100 steps: whether the architecture can learn to tell columns apart at all,
+apart from what a prior taught the shipped weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+if __name__ == "__main__":  # import the helpers as the `benchmarks` package (see classification.py)
+    _here = Path(__file__).resolve().parent
+    sys.path[:] = [str(_here.parent)] + [entry for entry in sys.path if Path(entry or ".").resolve() != _here]
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from autogluon_tfm.checkpoints import load_network
+from autogluon_tfm.nn.losses import classification_loss
+
+Label = Callable[[np.ndarray], np.ndarray]
+# name -> (number of columns, labelling function of the columns)
+TASKS: dict[str, tuple[int, Label]] = {
+    "x0>0, 1 col": (1, lambda X: X[:, 0] > 0),
+    "x0>0, 2 cols": (2, lambda X: X[:, 0] > 0),
+    "x0>0, 4 cols": (4, lambda X: X[:, 0] > 0),
+    "x0>0, 8 cols": (8, lambda X: X[:, 0] > 0),
+    "x0>x1": (2, lambda X: X[:, 0] > X[:, 1]),
+    "x0+x1>0": (2, lambda X: X[:, 0] + X[:, 1] > 0),
+    "xor": (2, lambda X: (X[:, 0] > 0) ^ (X[:, 1] > 0)),
+}
+
+
+@torch.no_grad()
+def probe(network: torch.nn.Module, n_train: int, n_test: int, n_tables: int, seed: int = 0) -> dict[str, float]:
+    """Mean test cross-entropy of ``network`` on every task of :data:`TASKS` (same tables for every network)."""
+    network.eval()
+    scores = {}
+    for index, (name, (n_columns, label)) in enumerate(TASKS.items()):
+        rng = np.random.default_rng([seed, index])
+        losses = []
+        for _ in range(n_tables):
+            X = rng.normal(size=(n_train + n_test, n_columns)).astype(np.float32)
+            y = torch.as_tensor(label(X).astype(np.int64))[None]
+            logits = network(torch.as_tensor(X)[None], y[:, :n_train])[0, :, :2].float()
+            losses.append(F.cross_entropy(logits, y[0, n_train:]).item())
+        scores[name] = float(np.mean(losses))
+    return scores
+
+
+def fit_fresh(preset: str, steps: int, lr: float = 1e-3, seed: int = 0) -> list[tuple[int, float]]:
+    """Train a fresh ``preset`` network on ``x_a > x_b`` tables; ``(step, smoothed loss)`` every 100 steps."""
+    from autogluon_tfm.pretrain.trainer import MODEL_PRESET_ARCH, PretrainConfig, build_network
+
+    if preset not in MODEL_PRESET_ARCH:
+        raise ValueError(f"Unknown pretraining preset {preset!r}; choose from {sorted(MODEL_PRESET_ARCH)}")
+    torch.manual_seed(seed)
+    network = build_network(PretrainConfig(arch=MODEL_PRESET_ARCH[preset], model=preset)).train()
+    optimizer = torch.optim.Adam(network.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    n_tables, n_train, n_test, n_columns = 16, 128, 64, 3
+    curve, smoothed = [], None
+    for step in range(steps + 1):
+        X = torch.randn(n_tables, n_train + n_test, n_columns, generator=generator)
+        pairs = torch.rand(n_tables, n_columns, generator=generator).argsort(dim=1)[:, :2]
+        rows = torch.arange(n_tables)
+        y = (X[rows, :, pairs[:, 0]] > X[rows, :, pairs[:, 1]]).long()
+        loss = classification_loss(network(X, y[:, :n_train]), y[:, n_train:])
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
+        optimizer.step()
+        smoothed = loss.item() if smoothed is None else 0.95 * smoothed + 0.05 * loss.item()
+        if step % 100 == 0 or step == steps:
+            curve.append((step, smoothed))
+            print(f"{preset} fresh, x_a > x_b: step {step} loss {smoothed:.3f}", flush=True)
+    return curve
+
+
+def main(argv: list[str] | None = None) -> list[str]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoints", nargs="+",
+                        default=["tabicl-clf-small", "tabpfnv2-clf-small", "mitra-clf-small"],
+                        help="classification checkpoints: shipped names or paths (run checkpoints too)")
+    parser.add_argument("--n-train", type=int, default=300)
+    parser.add_argument("--n-test", type=int, default=200)
+    parser.add_argument("--tables", type=int, default=5, help="tables per task")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--fit-fresh", default=None, metavar="PRESET",
+                        help="also train a fresh network of this pretraining preset on x_a > x_b tables")
+    parser.add_argument("--fit-steps", type=int, default=600)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    curve = fit_fresh(args.fit_fresh, args.fit_steps) if args.fit_fresh else []
+    lines = [
+        "| checkpoint | " + " | ".join(TASKS) + " |",
+        "|---|" + "---:|" * len(TASKS),
+        "| class prior | " + " | ".join(f"{math.log(2):.3f}" for _ in TASKS) + " |",
+    ]
+    print(f"{args.n_train} training rows, {args.n_test} test rows, {args.tables} tables per task; test "
+          "cross-entropy (lower is better)\n" + "\n".join(lines), flush=True)
+    for checkpoint in args.checkpoints:
+        network = load_network(checkpoint)
+        if getattr(network, "max_classes", 0) < 2:
+            raise ValueError(f"{checkpoint!r} is not a classification network")
+        scores = probe(network, args.n_train, args.n_test, args.tables)
+        lines.append(f"| {checkpoint} | " + " | ".join(f"{scores[name]:.3f}" for name in TASKS) + " |")
+        print(lines[-1], flush=True)
+    if args.out:
+        header = (f"{args.n_train} training rows, {args.n_test} test rows, {args.tables} tables per task, one flat "
+                  "network call; test cross-entropy (lower is better).\n\n")
+        fresh = ""
+        if curve:
+            fresh = (f"\nA fresh `{args.fit_fresh}` trained on x_a > x_b tables (smoothed training loss): "
+                     + ", ".join(f"step {step} {loss:.3f}" for step, loss in curve) + ".\n")
+        Path(args.out).write_text(header + "\n".join(lines) + "\n" + fresh)
+    return lines
+
+
+if __name__ == "__main__":
+    main()
