@@ -1,4 +1,4 @@
-"""Command line: ``python -m autogluon_tfm {pretrain,export,plot-loss,download} ...``."""
+"""Command line: ``python -m autogluon_tfm {pretrain,warm-up-columns,export,plot-loss,download} ...``."""
 
 from __future__ import annotations
 
@@ -30,6 +30,25 @@ def _pretrain(args: argparse.Namespace) -> None:
     except ValueError as error:  # configuration mistakes: one line, not a traceback
         raise SystemExit(f"error: {error}") from error
     print(f"checkpoint: {path}")
+
+
+def _warm_up_columns(args: argparse.Namespace) -> None:
+    import torch
+
+    from autogluon_tfm.checkpoints import load_network, save_network
+    from autogluon_tfm.pretrain.column_rules import warm_up_columns
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    net = load_network(args.init_from)
+    try:
+        curve = warm_up_columns(net, args.steps, lr=args.lr, seed=args.seed)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from error
+    card = {"source": f"column-rule warm-up of {args.init_from}", "steps": args.steps, "lr": args.lr,
+            "seed": args.seed, "loss_curve": curve}
+    path = save_network(net, args.out, card=card)
+    print(f"wrote {path}: continue with `pretrain --init-from {path}` on a prior")
 
 
 def _plot_loss(args: argparse.Namespace) -> None:
@@ -139,6 +158,18 @@ def main(argv: list[str] | None = None) -> None:
         "outputs, so that every output id is trained (default 0)",
     )
     p.set_defaults(func=_pretrain)
+
+    w = sub.add_parser(
+        "warm-up-columns",
+        help="train a classifier briefly on tables labelled by rules of particular columns (pretrain/column_rules.py)",
+    )
+    w.add_argument("--init-from", dest="init_from", required=True, help="a shipped name or a checkpoint path")
+    w.add_argument("--steps", type=int, default=500)
+    w.add_argument("--lr", type=float, default=3e-4)
+    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--threads", type=int, default=1)
+    w.add_argument("--out", required=True, help="a .safetensors path for the warmed-up weights")
+    w.set_defaults(func=_warm_up_columns)
 
     pl = sub.add_parser("plot-loss", help="plot <run>/log.csv (and eval.csv) into <run>/loss.png")
     pl.add_argument("run_dir")

@@ -33,7 +33,6 @@ import torch
 import torch.nn.functional as F
 
 from autogluon_tfm.checkpoints import load_network
-from autogluon_tfm.nn.losses import classification_loss
 
 Label = Callable[[np.ndarray], np.ndarray]
 # name -> (number of columns, labelling function of the columns)
@@ -66,31 +65,18 @@ def probe(network: torch.nn.Module, n_train: int, n_test: int, n_tables: int, se
 
 
 def fit_fresh(preset: str, steps: int, lr: float = 1e-3, seed: int = 0) -> list[tuple[int, float]]:
-    """Train a fresh ``preset`` network on ``x_a > x_b`` tables; ``(step, smoothed loss)`` every 100 steps."""
+    """Train a fresh ``preset`` network on ``x_a > x_b`` tables of 3 columns; ``(step, smoothed loss)`` every 100
+    steps."""
+    from autogluon_tfm.pretrain.column_rules import warm_up_columns
     from autogluon_tfm.pretrain.trainer import MODEL_PRESET_ARCH, PretrainConfig, build_network
 
     if preset not in MODEL_PRESET_ARCH:
         raise ValueError(f"Unknown pretraining preset {preset!r}; choose from {sorted(MODEL_PRESET_ARCH)}")
     torch.manual_seed(seed)
-    network = build_network(PretrainConfig(arch=MODEL_PRESET_ARCH[preset], model=preset)).train()
-    optimizer = torch.optim.Adam(network.parameters(), lr=lr)
-    generator = torch.Generator().manual_seed(seed)
-    n_tables, n_train, n_test, n_columns = 16, 128, 64, 3
-    curve, smoothed = [], None
-    for step in range(steps + 1):
-        X = torch.randn(n_tables, n_train + n_test, n_columns, generator=generator)
-        pairs = torch.rand(n_tables, n_columns, generator=generator).argsort(dim=1)[:, :2]
-        rows = torch.arange(n_tables)
-        y = (X[rows, :, pairs[:, 0]] > X[rows, :, pairs[:, 1]]).long()
-        loss = classification_loss(network(X, y[:, :n_train]), y[:, n_train:])
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
-        optimizer.step()
-        smoothed = loss.item() if smoothed is None else 0.95 * smoothed + 0.05 * loss.item()
-        if step % 100 == 0 or step == steps:
-            curve.append((step, smoothed))
-            print(f"{preset} fresh, x_a > x_b: step {step} loss {smoothed:.3f}", flush=True)
+    network = build_network(PretrainConfig(arch=MODEL_PRESET_ARCH[preset], model=preset))
+    curve = warm_up_columns(network, steps, lr=lr, seed=seed, n_columns=(3, 3), comparison_share=1.0)
+    for step, loss in curve:
+        print(f"{preset} fresh, x_a > x_b: step {step} loss {loss:.3f}", flush=True)
     return curve
 
 
@@ -105,7 +91,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--fit-fresh", default=None, metavar="PRESET",
                         help="also train a fresh network of this pretraining preset on x_a > x_b tables")
-    parser.add_argument("--fit-steps", type=int, default=600)
+    parser.add_argument("--fit-steps", type=int, default=601)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -65,7 +65,7 @@ def pretrain_runs(tmp_path_factory) -> dict:
 
 def test_help_lists_the_subcommands(tmp_path):
     result = run_cli("--help", cwd=tmp_path)
-    for command in ("pretrain", "export", "download"):
+    for command in ("pretrain", "warm-up-columns", "export", "download"):
         assert command in result.stdout
     pretrain_help = run_cli("pretrain", "--help", cwd=tmp_path).stdout
     assert "--steps" in pretrain_help and "--out" in pretrain_help
@@ -133,3 +133,17 @@ def test_export_writes_loadable_weights_and_card(pretrain_runs):
         logits = net(X, y_train)
     assert logits.shape == (1, 20 - 12, net.max_classes)
     assert torch.isfinite(logits).all()
+
+
+def test_warm_up_columns_writes_loadable_weights_with_a_card(tmp_path) -> None:
+    from autogluon_tfm.checkpoints import make_tiny_network, save_network
+
+    source = save_network(make_tiny_network("mitra"), tmp_path / "tiny.safetensors")
+    run_cli("warm-up-columns", "--init-from", str(source), "--steps", "2", "--out", "warm.safetensors", cwd=tmp_path)
+    net = load_network(tmp_path / "warm.safetensors")
+    assert net.arch == "mitra"
+    card = json.loads((tmp_path / "warm.json").read_text())
+    assert card["steps"] == 2 and len(card["loss_curve"]) == 2 and str(source) in card["source"]
+    failed = run_cli("warm-up-columns", "--init-from", "no-such-net", "--steps", "1", "--out", "x.safetensors",
+                     cwd=tmp_path, check=False)
+    assert failed.returncode != 0 and "no-such-net" in failed.stderr and not (tmp_path / "x.safetensors").exists()
