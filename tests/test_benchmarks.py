@@ -260,7 +260,7 @@ def test_synthetic_probe_scores_every_task_for_each_checkpoint_and_rejects_regre
     assert all(0 < float(cell) < 20 for row in rows for cell in row)  # cross-entropies of real network calls
     report = out.read_text()
     assert report.count("\n| ") == 5  # header, class prior and one row per checkpoint
-    assert "fresh `mitra-tiny`" in report and "step 3 " in report  # the fresh network's loss curve
+    assert "fresh `mitra-tiny`" in report and "step 2 " in report  # the fresh network's loss curve (steps 0..2)
     regression = save_network(make_tiny_network("mitra", "regression"), tmp_path / "mitra-reg")
     with pytest.raises(ValueError, match="not a classification network"):
         synthetic_probe.main(["--checkpoints", str(regression), "--tables", "1", "--n-train", "20", "--n-test", "5"])
