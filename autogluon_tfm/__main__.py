@@ -39,7 +39,6 @@ def _warm_up_columns(args: argparse.Namespace) -> None:
     from autogluon_tfm.pretrain.column_rules import warm_up_columns
 
     torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
     net = load_network(args.init_from)
     try:
         curve = warm_up_columns(net, args.steps, lr=args.lr, seed=args.seed)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from autogluon_tfm.checkpoints import load_network
+from autogluon_tfm.checkpoints import load_network, network_task
 
 Label = Callable[[np.ndarray], np.ndarray]
 # name -> (number of columns, labelling function of the columns)
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> list[str]:
           "cross-entropy (lower is better)\n" + "\n".join(lines), flush=True)
     for checkpoint in args.checkpoints:
         network = load_network(checkpoint)
-        if getattr(network, "max_classes", 0) < 2:
+        if network_task(network) != "classification":
             raise ValueError(f"{checkpoint!r} is not a classification network")
         scores = probe(network, args.n_train, args.n_test, args.tables)
         lines.append(f"| {checkpoint} | " + " | ".join(f"{scores[name]:.3f}" for name in TASKS) + " |")

@@ -18,6 +18,7 @@ import logging
 import torch
 from torch import Tensor, nn
 
+from autogluon_tfm.checkpoints import network_task
 from autogluon_tfm.nn.losses import classification_loss
 
 logger = logging.getLogger(__name__)
@@ -54,22 +55,25 @@ def warm_up_columns(
     lr: float = 3e-4,
     seed: int = 0,
     log_every: int = 100,
-    **batch_options,
+    n_tables: int = 16,
+    n_train: int = 128,
+    n_test: int = 64,
+    **rule_options,
 ) -> list[tuple[int, float]]:
     """Train ``network`` (a classifier, in place) for ``steps`` Adam steps on :func:`column_rule_batch` tables
-    (constant ``lr``, gradients clipped to norm 1); leaves it in eval mode.
+    (constant ``lr``, gradients clipped to norm 1; ``rule_options``: its ``n_columns`` / ``comparison_share``); leaves
+    it in eval mode.
 
     Returns ``(step, smoothed loss)`` for steps 0, ``log_every``, ... and the last (exponential smoothing, 0.95).
     """
-    if getattr(network, "max_classes", 0) < 2:
+    if network_task(network) != "classification":
         raise ValueError("The column-rule warm-up trains classifiers (binary rules); got a regression network")
     network.train()
     optimizer = torch.optim.Adam(network.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
-    n_train = batch_options.get("n_train", 128)
     curve, smoothed = [], None
     for step in range(steps):
-        X, y = column_rule_batch(generator, **batch_options)
+        X, y = column_rule_batch(generator, n_tables, n_train, n_test, **rule_options)
         loss = classification_loss(network(X, y[:, :n_train]), y[:, n_train:])
         optimizer.zero_grad()
         loss.backward()
