@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
 
     w = sub.add_parser(
         "warm-up-columns",
-        help="train a classifier briefly on tables labelled by rules of particular columns (pretrain/column_rules.py)",
+        help="train a network briefly on tables whose target is a rule of particular columns (pretrain/column_rules.py)",
     )
     w.add_argument("--init-from", dest="init_from", required=True, help="a shipped name or a checkpoint path")
     w.add_argument("--steps", type=int, default=500)

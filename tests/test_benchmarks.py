@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 # benchmarks/ is a folder of the repository, not part of the installed package.
 _REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -247,22 +248,52 @@ def test_merge_results_replaces_the_rows_of_the_taken_methods_and_keeps_the_note
     assert merge_results.main(argv) == 2 and (tmp_path / "kept.csv").read_text() == before
 
 
-def test_synthetic_probe_scores_every_task_for_each_checkpoint_and_rejects_regression(tmp_path: Path) -> None:
+def test_synthetic_probe_scores_every_task_for_each_checkpoint_in_its_task_table(tmp_path: Path) -> None:
     from autogluon_tfm.checkpoints import make_tiny_network, save_network
     from benchmarks import synthetic_probe
 
     paths = [str(save_network(make_tiny_network(arch), tmp_path / arch)) for arch in ("tabicl", "tabpfn_v2", "mitra")]
+    regression = [str(save_network(make_tiny_network(arch, "regression"), tmp_path / f"{arch}-reg"))
+                  for arch in ("tabpfn_v2", "mitra")]
     out = tmp_path / "probe.md"
-    lines = synthetic_probe.main(["--checkpoints", *paths, "--n-train", "40", "--n-test", "20", "--tables", "1",
-                                  "--fit-fresh", "mitra-tiny", "--fit-steps", "3", "--out", str(out)])
-    rows = [line.split("|")[2:-1] for line in lines if line.startswith(f"| {tmp_path}")]
-    assert len(rows) == 3 and all(len(row) == len(synthetic_probe.TASKS) for row in rows)
-    assert all(0 < float(cell) < 20 for row in rows for cell in row)  # cross-entropies of real network calls
+    lines = synthetic_probe.main(["--checkpoints", *paths, *regression, "--n-train", "40", "--n-test", "20",
+                                  "--tables", "1", "--fit-fresh", "mitra-tiny", "--fit-steps", "3", "--out", str(out)])
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in lines if line.startswith(f"| {tmp_path}")}
+    assert set(rows) == set(paths + regression)
+    assert all(len(rows[path]) == len(synthetic_probe.TASKS) for path in paths)
+    assert all(len(rows[path]) == len(synthetic_probe.REGRESSION_TASKS) for path in regression)
+    assert all(0 < float(cell) < 20 for path in paths for cell in rows[path])  # cross-entropies of real calls
+    assert all(0 < float(cell) < 1e6 for path in regression for cell in rows[path])  # normalised squared errors
     report = out.read_text()
-    assert report.count("\n| ") == 5  # header, class prior and one row per checkpoint
+    assert report.count("\n| ") == 9  # per table: header, baseline and one row per checkpoint (3 + 2)
+    assert "Classification: 40 training rows" in report and "Regression: 40 training rows" in report
     assert "fresh `mitra-tiny`" in report and "step 2 " in report  # the fresh network's loss curve (steps 0..2)
-    regression = save_network(make_tiny_network("mitra", "regression"), tmp_path / "mitra-reg")
-    with pytest.raises(ValueError, match="not a classification network"):
-        synthetic_probe.main(["--checkpoints", str(regression), "--tables", "1", "--n-train", "20", "--n-test", "5"])
+
+
+def test_synthetic_probe_regression_scores_a_perfect_and_a_constant_predictor() -> None:
+    from benchmarks import synthetic_probe
+
+    class Oracle(torch.nn.Module):  # a Mitra-like scalar head that predicts the scaled column 0 (the first task)
+        n_out = 1
+        regression_target_scaling = "zscore"
+
+        def __init__(self, exact: bool) -> None:
+            super().__init__()
+            self.exact = exact
+
+        def forward(self, X: torch.Tensor, y_train: torch.Tensor) -> torch.Tensor:
+            n = y_train.shape[1]
+            if not self.exact:  # the training mean of the scaled targets (0): the baseline
+                return torch.zeros(1, X.shape[1] - n, 1)
+            x = X[..., 0]
+            scaled = (x - x[:, :n].mean()) / x[:, :n].std(unbiased=False)
+            return scaled[:, n:, None]
+
+    exact = synthetic_probe.probe_regression(Oracle(True), 200, 100, 2)
+    constant = synthetic_probe.probe_regression(Oracle(False), 200, 100, 2)
+    assert exact["y=x0, 1 col"] < 0.05  # only the N(0, 0.1^2) noise is missed
+    assert 0.9 < constant["y=x0, 1 col"] < 1.2 and 0.9 < constant["y=x0*x1"] < 1.2
+
+
     with pytest.raises(ValueError, match="Unknown pretraining preset"):
         synthetic_probe.fit_fresh("mitra-huge", steps=1)

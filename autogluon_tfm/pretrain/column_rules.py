@@ -1,4 +1,4 @@
-"""Column-identity warm-up: a short run on tables whose label is a rule of one or two particular columns.
+"""Column-identity warm-up: a short run on tables whose target is a rule of one or two particular columns.
 
 Why: Mitra (Tab2D) embeds every cell with one shared map, and after its quantile transform every column has the same
 marginal, so nothing but the context tells its columns apart. Pretrained on the SCM and tree priors alone, the small
@@ -7,8 +7,10 @@ learns it from rule tables within a few hundred steps. A few hundred steps on th
 the network that skill, and prior training afterwards keeps it (the same probe: 0.697 -> 0.278, dev log loss far
 lower). The rules on their own make it overconfident on everything else: always follow with prior training.
 
-Tables: 2-6 N(0, 1) columns (noise except the rule's), binary label; half of the tables ``x_a > x_b`` for a random
-pair, the other half ``x_a > t`` with ``t ~ N(0, 0.5^2)``.
+Tables: 2-6 N(0, 1) columns (noise except the rule's). Classification: a binary label, half of the tables
+``x_a > x_b`` for a random pair, the other half ``x_a > t`` with ``t ~ N(0, 0.5^2)``. Regression (the same idea for a
+regression network): half ``y = x_a - x_b``, the other half ``y = +-x_a``, plus N(0, 0.1^2) noise; the targets are
+scaled per table as the network is trained (:func:`~autogluon_tfm.nn.losses.scale_targets`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from autogluon_tfm.checkpoints import network_task
-from autogluon_tfm.nn.losses import classification_loss
+from autogluon_tfm.nn.losses import classification_loss, regression_loss, scale_targets
 
 logger = logging.getLogger(__name__)
 
@@ -31,9 +33,14 @@ def column_rule_batch(
     n_test: int = 64,
     n_columns: tuple[int, int] = (2, 6),
     comparison_share: float = 0.5,
+    task: str = "classification",
 ) -> tuple[Tensor, Tensor]:
-    """``X (n_tables, n_train + n_test, h)`` and binary labels ``y (n_tables, n_train + n_test)``, ``h`` drawn from
-    ``n_columns`` (inclusive) for the batch; ``comparison_share`` of the tables ``x_a > x_b``, the rest ``x_a > t``."""
+    """``X (n_tables, n_train + n_test, h)`` and targets ``y (n_tables, n_train + n_test)``, ``h`` drawn from
+    ``n_columns`` (inclusive) for the batch. Classification: binary labels, ``comparison_share`` of the tables
+    ``x_a > x_b``, the rest ``x_a > t``. Regression: unscaled float targets, ``comparison_share`` of the tables
+    ``x_a - x_b``, the rest ``+-x_a``, plus N(0, 0.1^2) noise."""
+    if task not in ("classification", "regression"):
+        raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
     low, high = n_columns
     if not 2 <= low <= high:
         raise ValueError(f"n_columns must satisfy 2 <= low <= high, got {n_columns}")
@@ -42,6 +49,11 @@ def column_rule_batch(
     pairs = torch.rand(n_tables, width, generator=generator).argsort(dim=1)[:, :2]
     tables = torch.arange(n_tables)
     first, second = X[tables, :, pairs[:, 0]], X[tables, :, pairs[:, 1]]
+    if task == "regression":
+        comparison = torch.rand(n_tables, 1, generator=generator) < comparison_share
+        sign = torch.where(torch.rand(n_tables, 1, generator=generator) < 0.5, -1.0, 1.0)
+        noise = 0.1 * torch.randn(first.shape, generator=generator)
+        return X, torch.where(comparison, first - second, sign * first) + noise
     if comparison_share >= 1:
         return X, (first > second).long()
     threshold = torch.randn(n_tables, 1, generator=generator) * 0.5
@@ -60,21 +72,26 @@ def warm_up_columns(
     n_test: int = 64,
     **rule_options,
 ) -> list[tuple[int, float]]:
-    """Train ``network`` (a classifier, in place) for ``steps`` Adam steps on :func:`column_rule_batch` tables
-    (constant ``lr``, gradients clipped to norm 1; ``rule_options``: its ``n_columns`` / ``comparison_share``); leaves
-    it in eval mode.
+    """Train ``network`` (a classifier or a regressor, in place) for ``steps`` Adam steps on
+    :func:`column_rule_batch` tables of its task (constant ``lr``, gradients clipped to norm 1; ``rule_options``: its
+    ``n_columns`` / ``comparison_share``); leaves it in eval mode. Regression targets are scaled per table with the
+    network's ``regression_target_scaling`` and scored by its head's loss, as in pretraining.
 
     Returns ``(step, smoothed loss)`` for steps 0, ``log_every``, ... and the last (exponential smoothing, 0.95).
     """
-    if network_task(network) != "classification":
-        raise ValueError("The column-rule warm-up trains classifiers (binary rules); got a regression network")
+    task = network_task(network)
+    scaling = getattr(network, "regression_target_scaling", "zscore")
     network.train()
     optimizer = torch.optim.Adam(network.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     curve, smoothed = [], None
     for step in range(steps):
-        X, y = column_rule_batch(generator, n_tables, n_train, n_test, **rule_options)
-        loss = classification_loss(network(X, y[:, :n_train]), y[:, n_train:])
+        X, y = column_rule_batch(generator, n_tables, n_train, n_test, task=task, **rule_options)
+        if task == "classification":
+            loss = classification_loss(network(X, y[:, :n_train]), y[:, n_train:])
+        else:
+            y = scale_targets(y, n_train, scaling)
+            loss = regression_loss(network, network(X, y[:, :n_train]), y[:, n_train:])
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
