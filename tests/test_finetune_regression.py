@@ -89,7 +89,9 @@ def test_validation_loss_scores_the_regressors_ensemble_prediction(arch, monkeyp
     fitted = regressor(arch, network, n_estimators=4, fine_tune="full", fine_tune_steps=0)  # one validation pass
     fitted.fit(X, y, X_val=pd.DataFrame(X_val), y_val=y_val)
     data = seen["data"]
-    assert len(data.y_train) == 150 and len(data.y_val) == 40 and len(data.eval_members) == 4
+    # Up to 4 members score the validation pass (Mitra's regressor has one: it ignores column order and scale).
+    assert len(data.y_train) == 150 and len(data.y_val) == 40
+    assert len(data.eval_members) == (1 if arch == "mitra" else 4)
 
     head = fitted.head_
     icl = regressor(arch, network, n_estimators=4).fit(X, y)  # the pretrained network, same members

@@ -552,3 +552,33 @@ def test_head_selection_and_target_scaler(tiny_networks):
     np.testing.assert_allclose(TargetScaler("minmax").fit(y).transform(y), [0.0, 2 / 7, 1.0])
     with pytest.raises(ValueError, match="Unknown target scaling"):
         TargetScaler("log")
+
+
+def test_mitra_members_collapse_to_class_relabellings_because_the_network_ignores_column_order_and_scale() -> None:
+    """Mitra ranks each column's values and has no column positions: reordered columns or a monotone transform of
+    them give the same output (up to the quantile interpolation), so the estimators keep one member per class relabelling (a regressor: one)."""
+    from autogluon_tfm.checkpoints import make_tiny_network
+
+    network = make_tiny_network("mitra", "regression", seed=0)
+    rng = np.random.default_rng(0)
+    X = torch.as_tensor(rng.normal(size=(1, 50, 4)), dtype=torch.float32)
+    y = torch.as_tensor(rng.uniform(size=(1, 40)), dtype=torch.float32)
+    with torch.no_grad():
+        base = network(X, y)
+        reordered = network(X[..., [2, 0, 3, 1]], y)
+        rescaled = network(torch.sinh(X * 3) + 5, y)  # strictly increasing map of every column
+    torch.testing.assert_close(reordered, base, atol=1e-5, rtol=1e-4)
+    # Nearly: a test value between two training values is ranked by interpolated quantiles, which a non-linear map
+    # moves a little.
+    assert (rescaled - base).abs().max() < 0.01 * base.std()
+
+    frame, target = regression_frame()
+    reg = TFMRegressor(model="mitra", checkpoint=network, n_estimators=8, device="cpu").fit(frame, target)
+    assert len(reg.members_) == 1 and reg.members_[0].norm_method == "none"
+    classifier_net = make_tiny_network("mitra", "classification", seed=0)
+    labels = (target > np.median(target)).map({True: "high", False: "low"})
+    clf = TFMClassifier(model="mitra", checkpoint=classifier_net, n_estimators=8, device="cpu").fit(frame, labels)
+    assert sorted(tuple(m.class_pattern) for m in clf.members_) == [(0, 1), (1, 0)]  # both class shifts, once
+    tabicl = TFMRegressor(model="tabicl", checkpoint=make_tiny_network("tabicl", "regression", seed=0),
+                          n_estimators=8, device="cpu").fit(frame, target)
+    assert len(tabicl.members_) == 8  # other networks keep every member

@@ -59,7 +59,8 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
         model: architecture name passed to ``resolve_checkpoint`` (e.g. ``"tabicl"``).
         checkpoint: ``"default"``, a shipped weights name, a checkpoint path, or a ``torch.nn.Module`` following the
             network protocol (used as is: it is not copied, but may be moved to ``device``; finetuning trains a copy).
-        n_estimators: number of ensemble members (fewer on tiny tables, see ``build_ensemble``).
+        n_estimators: number of ensemble members (fewer on tiny tables, see ``build_ensemble``; Mitra keeps one per
+            class relabelling, as it ignores column order and monotone normalisations).
         norm_methods: normalisation variants cycled over members; from ``NORM_METHODS``.
         feat_shuffle: feature-order strategy: ``"latin"``, ``"shift"``, ``"random"`` or ``"none"``.
         categorical_order: how categorical columns are numbered: ``"target"`` ranks a column's categories by their

@@ -104,7 +104,8 @@ class TFMRegressor(RegressorMixin, InContextEstimator):
         checkpoint: ``"default"`` (an official regression checkpoint in the local cache, else shipped weights), a
             shipped weights name, a checkpoint path, or a ``torch.nn.Module`` following the network protocol (used
             as is: not copied, but may be moved to ``device``). Must be a regression network of ``model``.
-        n_estimators: number of ensemble members (fewer on tiny tables, see ``build_ensemble``).
+        n_estimators: number of ensemble members (fewer on tiny tables, see ``build_ensemble``; Mitra keeps one per
+            class relabelling, as it ignores column order and monotone normalisations).
         norm_methods: normalisation variants cycled over members; from ``NORM_METHODS``.
         feat_shuffle: feature-order strategy: ``"latin"``, ``"shift"``, ``"random"`` or ``"none"``.
         categorical_order: how categorical columns are numbered: ``"target"`` ranks a column's categories by their
