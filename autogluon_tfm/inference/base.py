@@ -454,12 +454,10 @@ class InContextEstimator(BaseEstimator):
             X_encoded = self.compressor_.transform(X_encoded)
             self.feature_compression_ = self.compressor_.n_components_
         feat_shuffle = self.feat_shuffle
-        if getattr(self.network_, "arch", None) == "mitra":
-            # Mitra embeds each cell by its quantile rank within its column and has no column positions, so members
-            # that differ only in feature order or in a (monotone) normalisation give the same output, up to the
-            # quantile interpolation (measured: regression predictions of 8 members vs 1 agree to 3e-4 of the
-            # target's std): keep one normalisation and one order; members then differ by class relabelling only
-            # (a regressor has one member), at a fraction of the cost.
+        if getattr(self.network_, "ignores_column_order_and_scale", False):
+            # Members differing in feature order or a monotone normalisation would repeat one output (Mitra: 8
+            # regression members vs 1 agree to 3e-4 of the target's std): keep one normalisation and one order, so
+            # members differ by class relabelling only (a regressor has one member).
             norm_methods, feat_shuffle = tuple(norm_methods)[:1], "none"
         self.preprocessor_ = EnsemblePreprocessor(norm_methods, self.outlier_threshold, seed).fit(X_encoded)
         self.members_: list[EnsembleMember] = build_ensemble(

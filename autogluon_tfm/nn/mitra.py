@@ -147,6 +147,10 @@ class Mitra(nn.Module):
 
     arch = "mitra"
     regression_target_scaling = "minmax"
+    # Each cell is embedded by its quantile rank within its column and no column has a position, so reordering the
+    # columns or mapping them through increasing functions leaves the output unchanged (up to the quantile
+    # interpolation of test values): the estimators need no feature-order or normalisation members for it.
+    ignores_column_order_and_scale = True
 
     def __init__(
         self,

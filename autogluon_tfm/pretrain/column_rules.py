@@ -21,7 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from autogluon_tfm.checkpoints import network_task
-from autogluon_tfm.nn.losses import classification_loss, regression_loss, scale_targets
+from autogluon_tfm.pretrain.trainer import task_loss
+from autogluon_tfm.prior.sampler import PriorBatch
 
 logger = logging.getLogger(__name__)
 
@@ -74,24 +75,22 @@ def warm_up_columns(
 ) -> list[tuple[int, float]]:
     """Train ``network`` (a classifier or a regressor, in place) for ``steps`` Adam steps on
     :func:`column_rule_batch` tables of its task (constant ``lr``, gradients clipped to norm 1; ``rule_options``: its
-    ``n_columns`` / ``comparison_share``); leaves it in eval mode. Regression targets are scaled per table with the
-    network's ``regression_target_scaling`` and scored by its head's loss, as in pretraining.
+    ``n_columns`` / ``comparison_share``); leaves it in eval mode. The loss is pretraining's
+    (:func:`~autogluon_tfm.pretrain.trainer.task_loss`: regression targets scaled per table as the network expects,
+    its head's loss).
 
     Returns ``(step, smoothed loss)`` for steps 0, ``log_every``, ... and the last (exponential smoothing, 0.95).
     """
     task = network_task(network)
-    scaling = getattr(network, "regression_target_scaling", "zscore")
     network.train()
     optimizer = torch.optim.Adam(network.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     curve, smoothed = [], None
     for step in range(steps):
         X, y = column_rule_batch(generator, n_tables, n_train, n_test, task=task, **rule_options)
-        if task == "classification":
-            loss = classification_loss(network(X, y[:, :n_train]), y[:, n_train:])
-        else:
-            y = scale_targets(y, n_train, scaling)
-            loss = regression_loss(network, network(X, y[:, :n_train]), y[:, n_train:])
+        n_classes = torch.full((n_tables,), 2 if task == "classification" else 0)
+        batch = PriorBatch(X, y, n_train, d=torch.full((n_tables,), X.shape[2]), n_classes=n_classes)
+        loss = task_loss(network, batch, "cpu", task)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
