@@ -391,7 +391,7 @@ def run_benchmark(spec: Benchmark, args: argparse.Namespace) -> int:
     # whether the probabilities get a temperature fitted in context. Both tasks: principal components for wide tables.
     params = {
         name: getattr(args, name)
-        for name in ("max_classes_per_call", "calibrate", "feature_compression")
+        for name in _TFM_PARAMS
         if getattr(args, name, None) is not None
     }
     factories = {
@@ -540,6 +540,12 @@ class ReportTables:
         return [method for method in self.methods if method in TFM_METHODS]
 
 
+# Estimator parameters the command line may set for every TFM (None: the estimator's default).
+_TFM_PARAMS = (
+    "max_classes_per_call", "calibrate", "feature_compression", "fine_tune", "fine_tune_steps", "learning_rate"
+)
+
+
 def _tfm_settings(results: pd.DataFrame, args: argparse.Namespace, methods: list[str], labels: dict[str, str]) -> str:
     """' | TFMs (settings): TabICL checkpoint 'x', ...' for the report header; '' without TFMs."""
     parts = []
@@ -552,7 +558,7 @@ def _tfm_settings(results: pd.DataFrame, args: argparse.Namespace, methods: list
     settings = "network loaded once, not timed"
     if any(method in TFM_METHODS for method in args.methods):
         settings = f"n_estimators={args.n_estimators}, device={args.device!r}, {settings}"
-        for name in ("feature_compression", "calibrate", "max_classes_per_call"):
+        for name in reversed(_TFM_PARAMS):
             if getattr(args, name, None) is not None:
                 settings = f"{name}={getattr(args, name)!r}, {settings}"
     return f" | TFMs ({settings}), checkpoints: " + ", ".join(parts)
@@ -670,6 +676,15 @@ def parse_args(spec: Benchmark, description: str, argv: list[str] | None = None)
         help="feature_compression of the TFMs: 'auto', 'select', 'none', a number of principal components or "
         "'top<k>' (the k columns extra-trees rank most important) "
         "(default: the estimator's default, 'auto': what the weights' card recommends)",
+    )
+    parser.add_argument(
+        "--fine-tune", choices=("full", "lora"), default=None,
+        help="finetune the TFMs in fit ('full' or 'lora'; default: in-context learning only); early stopping on the "
+        "estimator's validation_fraction of the training rows",
+    )
+    parser.add_argument("--fine-tune-steps", type=int, default=None, help="finetuning steps (default: the estimator's)")
+    parser.add_argument(
+        "--learning-rate", type=float, default=None, help="finetuning learning rate (default: the estimator's 'auto')"
     )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto")

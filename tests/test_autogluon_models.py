@@ -151,6 +151,25 @@ def test_one_predictor_fits_all_three_tfms_with_gbdts(problem_type, tiny_checkpo
             np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-5)
 
 
+def test_mitra_finetunes_when_its_card_says_so_with_autogluons_validation_rows(tmp_path):
+    import json
+
+    # A tiny Mitra regression checkpoint whose card recommends finetuning, as the shipped mitra-reg-small's does.
+    path = tmp_path / "mitra-carded.safetensors"
+    save_network(make_tiny_network("mitra", "regression", seed=1), path)
+    path.with_suffix(".json").write_text(json.dumps({"inference_defaults": {"fine_tune": "full", "fine_tune_steps": 3}}))
+    data = _toy_frame("regression")
+    predictor = TabularPredictor(label=LABEL, path=str(tmp_path / "ag"), verbosity=0).fit(
+        data.iloc[:120], hyperparameters={"MITRA": {"n_estimators": 1, "checkpoint": str(path)}},
+        num_cpus=1, num_gpus=0, raise_on_model_failure=True,
+    )
+    estimator = predictor._trainer.load_model("Mitra").model
+    assert (estimator.fine_tune, estimator.fine_tune_, estimator.fine_tune_steps_) == ("auto", "full", 3)
+    report = estimator.fine_tune_report_
+    assert report is not None and report.steps_run == 3 and report.initial_loss is not None  # AutoGluon's X_val
+    assert np.isfinite(np.asarray(predictor.predict(data.iloc[120:]), dtype=float)).all()
+
+
 @pytest.mark.slow
 def test_quantile_problem_uses_tabicl_and_tabpfnv2_and_skips_mitra(tiny_checkpoints, tmp_path):
     data = _toy_frame("regression")

@@ -382,7 +382,7 @@ def test_calibrate_auto_follows_the_weights_and_is_off_when_finetuning(tiny_netw
     original = TFMClassifier._fit_calibration_temperature
 
     def spy(self, *args):
-        calls.append(self.fine_tune)
+        calls.append(self.fine_tune_)
         return original(self, *args)
 
     TFMClassifier._fit_calibration_temperature = spy
@@ -396,6 +396,11 @@ def test_calibrate_auto_follows_the_weights_and_is_off_when_finetuning(tiny_netw
         make_classifier(network, calibrate=True, fine_tune="lora").fit(X, y)
     with pytest.raises(ValueError, match="calibrate must be"):
         make_classifier(network, calibrate="yes").fit(X, y)
+    # A card that recommends finetuning yields to an explicit calibrate=True (calibration needs unseen rows).
+    network.inference_defaults = {"calibrate": True, "fine_tune": "full", "fine_tune_steps": 1}
+    calibrated = make_classifier(network, calibrate=True).fit(X, y)
+    assert calibrated.fine_tune_ is None and calibrated.fine_tune_report_ is None
+    assert calibrated.calibration_temperature_ != 1.0
     # The shipped TabPFN v2 weights recommend it (they are underconfident on real tables); TabICL's do not.
     assert load_network("tabpfnv2-clf-small").inference_defaults.get("calibrate") is True
     assert "calibrate" not in load_network("tabicl-clf-small").inference_defaults

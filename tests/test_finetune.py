@@ -408,11 +408,11 @@ def test_auto_learning_rate_follows_the_weights():
 
     X, y = np.random.default_rng(0).normal(size=(60, 3)), np.arange(60) % 2
     shipped = TFMClassifier(n_estimators=1, device="cpu").fit(X, y)
-    assert shipped.learning_rate == "auto" and shipped._learning_rate() == SHIPPED_WEIGHTS_LEARNING_RATE
-    assert shipped.set_params(fine_tune="lora")._learning_rate() == SHIPPED_WEIGHTS_LORA_LEARNING_RATE
+    assert shipped.learning_rate == "auto" and shipped._learning_rate("full") == SHIPPED_WEIGHTS_LEARNING_RATE
+    assert shipped._learning_rate("lora") == SHIPPED_WEIGHTS_LORA_LEARNING_RATE
     module = TFMClassifier(checkpoint=make_tiny_network("tabicl"), n_estimators=1, device="cpu").fit(X, y)
-    assert module._learning_rate() == OTHER_WEIGHTS_LEARNING_RATE
+    assert module._learning_rate("full") == OTHER_WEIGHTS_LEARNING_RATE
     explicit = TFMClassifier(checkpoint=make_tiny_network("tabicl"), learning_rate=3e-3, n_estimators=1).fit(X, y)
-    assert explicit._learning_rate() == 3e-3
+    assert explicit._learning_rate("lora") == 3e-3
     with pytest.raises(ValueError, match="learning_rate"):
         TFMClassifier(fine_tune="full", learning_rate="fast", n_estimators=1).fit(X, y)

@@ -200,6 +200,7 @@ def test_internal_validation_split_and_constant_target(monkeypatch, caplog):
     ("params", "message"),
     [
         ({"fine_tune": "partial"}, "Unknown fine_tune"),
+        ({"fine_tune_steps": "many"}, "fine_tune_steps"),
         ({"fine_tune": "full", "learning_rate": 0.0}, "learning_rate"),
         ({"fine_tune": "lora", "lora_rank": 0}, "lora_rank"),
         ({"fine_tune": "full", "validation_fraction": 1.0}, "validation_fraction"),
@@ -209,3 +210,34 @@ def test_bad_regression_finetuning_parameters_raise(params, message):
     X, y = linear_task(40)
     with pytest.raises(ValueError, match=message):
         regressor("tabicl", make_tiny_network("tabicl", "regression"), **params).fit(X, y)
+
+
+def test_fine_tune_auto_follows_the_weights_card():
+    import copy
+
+    from autogluon_tfm.checkpoints import load_network
+
+    X, y = linear_task(120)
+    network = make_tiny_network("mitra", "regression")
+    plain = regressor("mitra", network).fit(X, y)  # no card: in-context learning only
+    assert plain.fine_tune == "auto" and plain.fine_tune_ is None and plain.fine_tune_report_ is None
+    assert plain.network_ is network
+
+    carded = copy.deepcopy(network)
+    carded.inference_defaults = {"fine_tune": "full", "fine_tune_steps": 3}
+    tuned = regressor("mitra", carded, validation_fraction=0.0).fit(X, y)
+    assert (tuned.fine_tune_, tuned.fine_tune_steps_) == ("full", 3)
+    assert tuned.fine_tune_report_ is not None and tuned.fine_tune_report_.steps_run == 3
+    assert tuned.network_ is not carded  # a copy was finetuned; the module passed in is untouched
+    assert_same_state(state_of(carded), state_of(network))
+    # Explicit parameters win over the card.
+    assert regressor("mitra", carded, fine_tune=None).fit(X, y).fine_tune_report_ is None
+    longer = regressor("mitra", carded, fine_tune_steps=5, validation_fraction=0.0).fit(X, y)
+    assert longer.fine_tune_report_.steps_run == 5
+
+    carded.inference_defaults = {"fine_tune": "partial"}
+    with pytest.raises(ValueError, match="card recommends fine_tune='partial'"):
+        regressor("mitra", carded).fit(X, y)
+    # The shipped Mitra regression weights are finetuned by default (as AutoGluon's own Mitra is); TabICL's are not.
+    assert load_network("mitra-reg-small").inference_defaults.get("fine_tune") == "full"
+    assert "fine_tune" not in load_network("tabicl-reg-small").inference_defaults

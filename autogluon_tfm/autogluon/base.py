@@ -121,7 +121,9 @@ class TFMBaseModel(AbstractTorchModel):
     Saving always moves the network to CPU first, so a model fitted on a GPU loads on a machine without CUDA.
 
     Finetuning (every problem type: ``fine_tune="full" | "lora"`` with ``fine_tune_steps``, ``learning_rate``,
-    ``lora_*``; quantile problems finetune the regression network with its own head loss): the fit early-stops on AutoGluon's validation rows (``X_val``, the out-of-fold rows in a bag) within
+    ``lora_*``, or the default ``fine_tune="auto"`` when the weights' card recommends it, as the shipped Mitra cards
+    do; quantile problems finetune the regression network with its own head loss): the fit early-stops on
+    AutoGluon's validation rows (``X_val``, the out-of-fold rows in a bag) within
     AutoGluon's ``time_limit`` and records the step it kept as the trained ``fine_tune_steps``; fits without
     validation rows (``refit_full``, the refit of ``refit_folds``) train that many steps without early stopping, as
     AutoGluon does for its other early-stopped models.
@@ -285,7 +287,9 @@ class TFMBaseModel(AbstractTorchModel):
         estimator_kwargs = self._get_estimator_kwargs(device=device)
         X = self.preprocess(X, is_train=True)
         fit_kwargs: dict[str, Any] = {}
-        fine_tune = estimator_kwargs.get("fine_tune") is not None
+        # "auto" (the estimators' default) finetunes when the weights' card says so: give it what finetuning needs;
+        # in-context learning ignores the validation rows and the time limit.
+        fine_tune = estimator_kwargs.get("fine_tune", "auto") is not None
         if fine_tune:
             if X_val is not None and y_val is not None:
                 fit_kwargs = {"X_val": self.preprocess(X_val), "y_val": y_val}
@@ -449,7 +453,9 @@ class TFMBaseModel(AbstractTorchModel):
         else:  # training and test rows in one call
             inference = activations(members, n_rows + n_test)
         fine_tune = 0.0
-        if hyperparameters.get("fine_tune") is not None:
+        # fine_tune="auto" (the default) finetunes only weights whose card recommends it: the shipped small ones,
+        # whose finetuning needs far less than the full-size inference estimated here.
+        if hyperparameters.get("fine_tune", "auto") not in (None, "auto"):
             step_rows = min(n_rows, cls._FINE_TUNE_ROWS_PER_STEP)
             fine_tune = cls._FINE_TUNE_NETWORK_COPIES * cls.network_bytes_estimate + cls._MEMORY_SAFETY_FACTOR * (
                 activations(1, step_rows) * cls.num_blocks_estimate

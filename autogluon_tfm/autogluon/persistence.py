@@ -101,7 +101,7 @@ def make_reference(estimator: Any, policy: str = "") -> WeightsReference | None:
     file (a module passed as ``checkpoint``) or the network is not that file's (finetuned)."""
     from autogluon_tfm.checkpoints.io import find_checkpoint
 
-    if getattr(estimator, "fine_tune", None) is not None:
+    if getattr(estimator, "fine_tune_report_", None) is not None:
         return None  # finetuned state exists nowhere else: always stored
     if isinstance(getattr(estimator, "checkpoint", None), torch.nn.Module):
         return None

@@ -31,7 +31,8 @@ PORTFOLIOS: dict[str, dict[str, Any]] = {
         "GBM": {},
         "CAT": {},
     },
-    # All three TFMs in context (no finetuning) and the standard GBDTs.
+    # All three TFMs with their weights' defaults (in context; the shipped Mitra regression weights finetune, see
+    # fine_tune="auto") and the standard GBDTs.
     "medium": {
         "TABICL": _tfm("TABICL"),
         "TABPFNV2": _tfm("TABPFNV2"),
@@ -44,7 +45,10 @@ PORTFOLIOS: dict[str, dict[str, Any]] = {
     "best_quality": {
         "TABICL": [_tfm("TABICL", n_estimators=16), _tfm("TABICL", fine_tune="full", name_suffix="_FT")],
         "TABPFNV2": [_tfm("TABPFNV2", n_estimators=16), _tfm("TABPFNV2", fine_tune="full", name_suffix="_FT")],
-        "MITRA": [_tfm("MITRA", n_estimators=16), _tfm("MITRA", fine_tune="full", name_suffix="_FT")],
+        # In context explicitly: fine_tune="auto" would finetune the shipped Mitra regression weights twice.
+        "MITRA": [
+            _tfm("MITRA", n_estimators=16, fine_tune=None), _tfm("MITRA", fine_tune="full", name_suffix="_FT")
+        ],
         "GBM": [{}, {"extra_trees": True, "ag_args": {"name_suffix": "XT"}}],
         "CAT": {},
         "XGB": {},
@@ -57,7 +61,8 @@ PORTFOLIOS: dict[str, dict[str, Any]] = {
 def get_hyperparameters(name: str = "medium") -> dict[str, Any]:
     """A fresh copy of a named portfolio for ``TabularPredictor.fit(hyperparameters=...)``.
 
-    ``"fast"``: TabICL + LightGBM + CatBoost. ``"medium"``: TabICL, TabPFNv2 and Mitra in context + LightGBM (plain
+    ``"fast"``: TabICL + LightGBM + CatBoost. ``"medium"``: TabICL, TabPFNv2 and Mitra with their weights' defaults
+    (in context; finetuned where the card says so, as for the shipped Mitra regression weights) + LightGBM (plain
     and extra-trees), CatBoost, XGBoost. ``"best_quality"``: each TFM in context with 16 members and fully finetuned,
     plus the GBDTs, RandomForest and ExtraTrees; use it with bagging (``presets="best_quality"``).
 

@@ -37,6 +37,7 @@ from autogluon_tfm.inference.preprocessing import (
 
 __all__ = [
     "FEATURE_COMPRESSION_MODES",
+    "DEFAULT_FINE_TUNE_STEPS",
     "FINE_TUNE_MODES",
     "PRECISIONS",
     "SELECT_PCA_COMPONENTS",
@@ -52,6 +53,8 @@ logger = logging.getLogger(__name__)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 FINE_TUNE_MODES = (None, "full", "lora")
+#: ``fine_tune_steps="auto"`` of weights whose card does not say.
+DEFAULT_FINE_TUNE_STEPS = 200
 FEATURE_COMPRESSION_MODES = ("auto", "select", "none")
 #: ``feature_compression="select"`` compares the encoded columns with this many principal components (measured on
 #: the dev datasets: 16 components helped wide tables, 32 often kept too much noise).
@@ -260,7 +263,10 @@ class InContextEstimator(BaseEstimator):
 
     - ``fine_tune``: ``None`` (in-context learning only), ``"full"`` (all weights) or ``"lora"`` (LoRA adapters,
       merged into the weights afterwards): finetune a copy of the network on the training table in ``fit``;
+      ``"auto"`` (default) does what the weights' card recommends (``inference_defaults["fine_tune"]``: the shipped
+      Mitra weights are finetuned, as AutoGluon's own Mitra is), else ``None``; ``fine_tune_`` is what was used;
     - ``fine_tune_steps``: maximum finetuning steps (one sampled context/query task of ~1,024 rows per step);
+      ``"auto"`` = the card's ``inference_defaults["fine_tune_steps"]``, else ``DEFAULT_FINE_TUNE_STEPS``;
     - ``learning_rate``: peak AdamW learning rate of finetuning; ``"auto"`` = for the shipped weights the best of
       the learning-rate sweeps (5e-4 full, 2e-3 LoRA), 1e-4 for any other checkpoint;
     - ``lora_rank``, ``lora_alpha``, ``lora_dropout``: LoRA adapter settings (``fine_tune="lora"``);
@@ -328,9 +334,9 @@ class InContextEstimator(BaseEstimator):
             )
 
     def _validate_fine_tune_params(self) -> None:
-        """Check the finetuning parameters (all of them when ``fine_tune`` is set) before any work."""
-        if self.fine_tune not in FINE_TUNE_MODES:
-            raise ValueError(f"Unknown fine_tune {self.fine_tune!r}; expected one of {FINE_TUNE_MODES}.")
+        """Check the finetuning parameters (all of them unless ``fine_tune=None``) before any work."""
+        if self.fine_tune != "auto" and self.fine_tune not in FINE_TUNE_MODES:
+            raise ValueError(f"Unknown fine_tune {self.fine_tune!r}; expected 'auto' or one of {FINE_TUNE_MODES}.")
         if self.time_limit is not None and not self.time_limit > 0:
             raise ValueError(f"time_limit must be > 0 seconds or None, got {self.time_limit!r}.")
         if self.fine_tune is None:
@@ -338,20 +344,46 @@ class InContextEstimator(BaseEstimator):
         if not 0 <= self.validation_fraction < 1:
             raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}.")
         steps = self.fine_tune_steps
-        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
-            raise ValueError(f"fine_tune_steps must be a non-negative integer, got {steps!r}.")
-        self._fine_tune_config()  # validates the remaining finetuning settings
+        is_count = isinstance(steps, (int, np.integer)) and not isinstance(steps, bool) and steps >= 0
+        if not (steps == "auto" if isinstance(steps, str) else is_count):
+            raise ValueError(f"fine_tune_steps must be 'auto' or a non-negative integer, got {steps!r}.")
+        # Validates the remaining finetuning settings ("auto" may still resolve to in-context learning).
+        self._fine_tune_config("full" if self.fine_tune == "auto" else self.fine_tune, DEFAULT_FINE_TUNE_STEPS)
 
-    def _fine_tune_config(self, time_limit: float | None = None):
+    def _resolve_fine_tune(self) -> None:
+        """Set ``fine_tune_`` / ``fine_tune_steps_`` from the parameters and, for ``"auto"``, the loaded weights'
+        card (``inference_defaults``). Calibration needs rows the network has not learned from, so an explicit
+        ``calibrate=True`` turns the card's finetuning off."""
+        recommended = getattr(self.network_, "inference_defaults", None) or {}
+        mode = self.fine_tune
+        if mode == "auto":
+            mode = recommended.get("fine_tune")
+            if mode not in FINE_TUNE_MODES:
+                raise ValueError(
+                    f"The weights' card recommends fine_tune={mode!r}, which is not one of {FINE_TUNE_MODES}; "
+                    "fix the card's inference_defaults or pass fine_tune explicitly."
+                )
+            if mode is not None and getattr(self, "calibrate", None) is True:
+                logger.info("calibrate=True: not finetuning (the card's fine_tune=%r), calibrating instead.", mode)
+                mode = None
+        steps = self.fine_tune_steps
+        if isinstance(steps, str):  # "auto", checked by _validate_fine_tune_params
+            steps = int(recommended.get("fine_tune_steps", DEFAULT_FINE_TUNE_STEPS))
+        self.fine_tune_: str | None = mode
+        self.fine_tune_steps_: int | None = None if mode is None else int(steps)
+        if mode is not None and self.fine_tune == "auto":
+            logger.info("Finetuning as the weights' card recommends: fine_tune=%r, %d steps at most.", mode, steps)
+
+    def _fine_tune_config(self, mode: str, steps: int, time_limit: float | None = None):
         from autogluon_tfm.finetune import DEFAULT_LORA_TARGETS, FinetuneConfig
 
         targets = self.lora_target_modules
         if isinstance(targets, str):
             targets = (targets,)
         return FinetuneConfig(
-            mode=self.fine_tune,
-            max_steps=self.fine_tune_steps,
-            learning_rate=self._learning_rate(),
+            mode=mode,
+            max_steps=steps,
+            learning_rate=self._learning_rate(mode),
             lora_rank=self.lora_rank,
             lora_alpha=self.lora_alpha,
             lora_dropout=self.lora_dropout,
@@ -359,8 +391,9 @@ class InContextEstimator(BaseEstimator):
             time_limit=time_limit,
         )
 
-    def _learning_rate(self) -> Any:
-        """``learning_rate``, with ``"auto"`` resolved by the weights in use (before fit: for the shipped ones)."""
+    def _learning_rate(self, mode: str) -> Any:
+        """``learning_rate`` for finetuning ``mode``, with ``"auto"`` resolved by the weights in use (before fit: for
+        the shipped ones)."""
         from autogluon_tfm.checkpoints import SHIPPED_DIR, list_shipped
         from autogluon_tfm.finetune import (
             OTHER_WEIGHTS_LEARNING_RATE,
@@ -374,7 +407,7 @@ class InContextEstimator(BaseEstimator):
         shipped = source is None or source in list_shipped() or Path(source).resolve().parent == SHIPPED_DIR.resolve()
         if not shipped:
             return OTHER_WEIGHTS_LEARNING_RATE
-        return SHIPPED_WEIGHTS_LORA_LEARNING_RATE if self.fine_tune == "lora" else SHIPPED_WEIGHTS_LEARNING_RATE
+        return SHIPPED_WEIGHTS_LORA_LEARNING_RATE if mode == "lora" else SHIPPED_WEIGHTS_LEARNING_RATE
 
     def _random_seed(self) -> int | None:
         if self.random_state is None or isinstance(self.random_state, (int, np.integer)):
@@ -607,7 +640,7 @@ class InContextEstimator(BaseEstimator):
         self.network_, self.fine_tune_report_ = finetune(
             self.network_,
             data,
-            self._fine_tune_config(time_limit=time_left),
+            self._fine_tune_config(self.fine_tune_, self.fine_tune_steps_, time_limit=time_left),
             device=self.device_,
             precision=self.precision_,
             seed=seed,

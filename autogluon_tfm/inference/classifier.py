@@ -2,8 +2,9 @@
 
 ``fit`` only encodes and remembers the training table (in-context learning: no gradient step, no forward pass);
 ``predict_proba`` runs the network on (training rows + test rows) for every ensemble member and averages. With
-``fine_tune="full" | "lora"``, ``fit`` also finetunes a copy of the network on the training table
-(:mod:`autogluon_tfm.finetune`) and predicts with it afterwards.
+``fine_tune="full" | "lora"`` (or when ``fine_tune="auto"`` and the weights' card recommends it), ``fit`` also
+finetunes a copy of the network on the training table (:mod:`autogluon_tfm.finetune`) and predicts with it
+afterwards.
 """
 
 from __future__ import annotations
@@ -81,8 +82,9 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
             every later ``predict_proba`` (the predicted classes do not change). Costs one to three network passes
             over the training rows at fit time. ``"auto"``: when the weights' card recommends it (the shipped
             TabPFNv2 and Mitra weights, which are underconfident), else not; ``True`` / ``False``: always / never.
-            In-context only: with ``fine_tune`` the training rows are no longer unseen, so ``"auto"`` skips it and
-            ``True`` is refused.
+            In-context only: with finetuning the training rows are no longer unseen, so ``"auto"`` skips it,
+            ``True`` is refused with an explicit ``fine_tune`` and turns off the finetuning ``fine_tune="auto"``
+            would take from the card.
         feature_compression: ``"auto"``, ``"select"``, ``"none"``, a number of principal components or
             ``"top<k>"``: feed the network the leading principal components of wide tables, or their k most
             important columns, instead of all their columns (see
@@ -108,6 +110,7 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
     ``calibration_temperature_`` (1.0 when not calibrated), ``feature_compression_`` (principal components fed to the
     network, ``"top<k>"`` for k selected columns, None: all encoded columns), ``compressor_``, ``feature_compression_scores_`` (held-out losses of
     ``"select"``, else None),
+    ``fine_tune_`` / ``fine_tune_steps_`` (the finetuning mode and step budget used; None: in-context learning only),
     ``fine_tune_report_`` (a :class:`autogluon_tfm.finetune.FinetuneReport`, or None without finetuning).
     """
 
@@ -140,8 +143,8 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
         precision: str = "auto",
         random_state: int | None = 0,
         verbose: bool = False,
-        fine_tune: str | None = None,
-        fine_tune_steps: int = 200,
+        fine_tune: str | None = "auto",
+        fine_tune_steps: int | str = "auto",
         learning_rate: float | str = "auto",
         lora_rank: int = 8,
         lora_alpha: float = 16.0,
@@ -189,7 +192,7 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
         if not (self.calibrate == "auto" or isinstance(self.calibrate, (bool, np.bool_))):
             raise ValueError(f"calibrate must be 'auto', True or False, got {self.calibrate!r}.")
         self._validate_fine_tune_params()
-        if self.calibrate is True and self.fine_tune is not None:
+        if self.calibrate is True and self.fine_tune not in (None, "auto"):
             raise ValueError(
                 "calibrate=True fits a temperature on training rows the network has not learned from, but "
                 f"fine_tune={self.fine_tune!r} trains on them; use calibrate='auto' (skips it when finetuning) or False."
@@ -265,6 +268,7 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
         self.device_ = resolve_device(self.device)
         self.precision_ = resolve_precision(self.precision, self.device_)
         self.network_, self.checkpoint_path_ = self._load_network()
+        self._resolve_fine_tune()
         max_classes = int(getattr(self.network_, "max_classes", 0) or 0)
         if max_classes < 2:
             raise ValueError(
@@ -299,7 +303,7 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
         self.y_train_ = y_encoded
         self._reset_train_cache()
         self.fine_tune_report_ = None
-        if self.fine_tune is not None:
+        if self.fine_tune_ is not None:
             self._run_fine_tune(label_encoder, X_val, y_val, seed, fit_start)
         self.calibration_temperature_ = 1.0
         if self._resolve_calibrate():
@@ -329,7 +333,7 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
         if self.calibrate != "auto":
             return bool(self.calibrate)
         recommended = (getattr(self.network_, "inference_defaults", None) or {}).get("calibrate", False)
-        return bool(recommended) and self.fine_tune is None
+        return bool(recommended) and self.fine_tune_ is None
 
     def _held_out_proba(
         self, frame: pd.DataFrame, y_encoded: np.ndarray, seed: int | None, **overrides: Any

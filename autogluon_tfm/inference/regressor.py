@@ -4,7 +4,8 @@
 (z-score for TabICL / TabPFN v2, min-max for Mitra); ``predict`` runs the network on (training rows + test rows) for
 every ensemble member (normalisation variant x feature order), reads each member's predicted distribution through
 the network's regression head, averages over members and maps back to the target's scale. With
-``fine_tune="full" | "lora"``, ``fit`` also finetunes a copy of the network on the training table
+``fine_tune="full" | "lora"`` (or when ``fine_tune="auto"`` and the weights' card recommends it, as the shipped
+Mitra weights' does), ``fit`` also finetunes a copy of the network on the training table
 (:mod:`autogluon_tfm.finetune`) and predicts with it afterwards.
 """
 
@@ -139,7 +140,8 @@ class TFMRegressor(RegressorMixin, InContextEstimator):
     output is read), ``target_scaler_`` (None for a constant target), ``constant_target_`` (the constant, else
     None), ``y_train_`` (scaled training targets), ``feature_compression_`` (principal components fed to the network,
     ``"top<k>"`` for k selected columns, None: all encoded columns), ``compressor_``, ``feature_compression_scores_`` (held-out RMSE of ``"select"``,
-    else None), ``fine_tune_report_`` (a
+    else None), ``fine_tune_`` / ``fine_tune_steps_`` (the finetuning mode and step budget used; None: in-context
+    learning only), ``fine_tune_report_`` (a
     :class:`autogluon_tfm.finetune.FinetuneReport`, or None without finetuning).
     """
 
@@ -160,8 +162,8 @@ class TFMRegressor(RegressorMixin, InContextEstimator):
         precision: str = "auto",
         random_state: int | None = 0,
         verbose: bool = False,
-        fine_tune: str | None = None,
-        fine_tune_steps: int = 200,
+        fine_tune: str | None = "auto",
+        fine_tune_steps: int | str = "auto",
         learning_rate: float | str = "auto",
         lora_rank: int = 8,
         lora_alpha: float = 16.0,
@@ -219,6 +221,7 @@ class TFMRegressor(RegressorMixin, InContextEstimator):
         self.device_ = device
         self.precision_ = resolve_precision(self.precision, device)
         self.network_, self.checkpoint_path_ = self._load_network()
+        self._resolve_fine_tune()
         self.head_: RegressionHead = regression_head_for(self.network_)
 
         self.n_features_in_ = n_columns
@@ -243,7 +246,7 @@ class TFMRegressor(RegressorMixin, InContextEstimator):
             self.y_train_ = self.target_scaler_.transform(targets)
         self._reset_train_cache()
         self.fine_tune_report_ = None
-        if self.fine_tune is not None:
+        if self.fine_tune_ is not None:
             self._run_fine_tune(X_val, y_val, seed, fit_start)
         logger.info(
             "TFMRegressor fitted: %d rows, %d features (%d after encoding/filtering), %d members, head=%s, "
