@@ -212,8 +212,9 @@ def test_bad_regression_finetuning_parameters_raise(params, message):
         regressor("tabicl", make_tiny_network("tabicl", "regression"), **params).fit(X, y)
 
 
-def test_fine_tune_auto_follows_the_weights_card():
+def test_fine_tune_auto_follows_the_weights_card(caplog):
     import copy
+    import logging
 
     from autogluon_tfm.checkpoints import load_network
 
@@ -234,6 +235,12 @@ def test_fine_tune_auto_follows_the_weights_card():
     assert regressor("mitra", carded, fine_tune=None).fit(X, y).fine_tune_report_ is None
     longer = regressor("mitra", carded, fine_tune_steps=5, validation_fraction=0.0).fit(X, y)
     assert longer.fine_tune_report_.steps_run == 5
+
+    # Too small a table to finetune: "auto" says so at INFO level (the user did not ask for finetuning).
+    with caplog.at_level(logging.INFO, logger="autogluon_tfm"):
+        small = regressor("mitra", carded).fit(X[:4], y[:4])
+    assert small.fine_tune_report_ is None and "skipping finetuning" in caplog.text
+    assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
 
     carded.inference_defaults = {"fine_tune": "partial"}
     with pytest.raises(ValueError, match="card recommends fine_tune='partial'"):

@@ -374,6 +374,10 @@ class InContextEstimator(BaseEstimator):
         if mode is not None and self.fine_tune == "auto":
             logger.info("Finetuning as the weights' card recommends: fine_tune=%r, %d steps at most.", mode, steps)
 
+    def _skip_log_level(self) -> int:
+        """Skipped finetuning is worth a warning when the user asked for it, not when the card's "auto" did."""
+        return logging.INFO if self.fine_tune == "auto" else logging.WARNING
+
     def _fine_tune_config(self, mode: str, steps: int, time_limit: float | None = None):
         from autogluon_tfm.finetune import DEFAULT_LORA_TARGETS, FinetuneConfig
 
@@ -616,14 +620,17 @@ class InContextEstimator(BaseEstimator):
             rng = np.random.default_rng(seed)
             train_rows, val_rows = stratified_split(strata, len(strata), float(self.validation_fraction), rng)
             if len(val_rows) == 0 or len(train_rows) < 2:
-                logger.warning("Too few rows (%d) to hold out validation rows; skipping finetuning.", len(y_train))
+                logger.log(
+                    self._skip_log_level(), "Too few rows (%d) to hold out validation rows; skipping finetuning.",
+                    len(y_train),
+                )
                 return
             X_val = {method: X[val_rows] for method, X in X_train.items()}
             y_val = y_train[val_rows]
             X_train = {method: X[train_rows] for method, X in X_train.items()}
             y_train = y_train[train_rows]
         if len(y_train) < 2:
-            logger.warning("Too few training rows (%d) to finetune; skipping finetuning.", len(y_train))
+            logger.log(self._skip_log_level(), "Too few training rows (%d) to finetune; skipping finetuning.", len(y_train))
             return
         data = data_cls(
             X_train,

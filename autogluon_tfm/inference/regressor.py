@@ -295,7 +295,10 @@ class TFMRegressor(RegressorMixin, InContextEstimator):
             if len(frame) and self.target_scaler_ is not None:
                 validation = (self._preprocessed_by_method(frame), self.target_scaler_.transform(targets))
         if self.constant_target_ is not None:
-            logger.warning("The training target is constant (predicted exactly without the network); not finetuning.")
+            logger.log(
+                self._skip_log_level(),
+                "The training target is constant (predicted exactly without the network); not finetuning.",
+            )
             return
 
         strata = target_bins(self.y_train_)
