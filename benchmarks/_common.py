@@ -542,7 +542,8 @@ class ReportTables:
 
 # Estimator parameters the command line may set for every TFM (None: the estimator's default).
 _TFM_PARAMS = (
-    "max_classes_per_call", "calibrate", "feature_compression", "fine_tune", "fine_tune_steps", "learning_rate"
+    "max_classes_per_call", "calibrate", "feature_compression", "fine_tune", "fine_tune_steps", "learning_rate",
+    "validation_fraction",
 )
 
 
@@ -685,6 +686,11 @@ def parse_args(spec: Benchmark, description: str, argv: list[str] | None = None)
     parser.add_argument("--fine-tune-steps", type=int, default=None, help="finetuning steps (default: the estimator's)")
     parser.add_argument(
         "--learning-rate", type=float, default=None, help="finetuning learning rate (default: the estimator's 'auto')"
+    )
+    parser.add_argument(
+        "--validation-fraction", type=float, default=None,
+        help="share of the training rows finetuning holds out for early stopping (0: exactly the steps asked for; "
+        "default: the estimator's)",
     )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto")

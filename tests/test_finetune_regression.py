@@ -201,6 +201,7 @@ def test_internal_validation_split_and_constant_target(monkeypatch, caplog):
     [
         ({"fine_tune": "partial"}, "Unknown fine_tune"),
         ({"fine_tune_steps": "many"}, "fine_tune_steps"),
+        ({"validation_fraction": "half"}, "validation_fraction"),
         ({"fine_tune": "full", "learning_rate": 0.0}, "learning_rate"),
         ({"fine_tune": "lora", "lora_rank": 0}, "lora_rank"),
         ({"fine_tune": "full", "validation_fraction": 1.0}, "validation_fraction"),
@@ -225,18 +226,24 @@ def test_fine_tune_auto_follows_the_weights_card(caplog):
     assert plain.network_ is network
 
     carded = copy.deepcopy(network)
-    carded.inference_defaults = {"fine_tune": "full", "fine_tune_steps": 3}
-    tuned = regressor("mitra", carded, validation_fraction=0.0).fit(X, y)
-    assert (tuned.fine_tune_, tuned.fine_tune_steps_) == ("full", 3)
+    carded.inference_defaults = {"fine_tune": "full", "fine_tune_steps": 3, "validation_fraction": 0.0}
+    tuned = regressor("mitra", carded).fit(X, y)
+    assert (tuned.fine_tune_, tuned.fine_tune_steps_, tuned.validation_fraction_) == ("full", 3, 0.0)
     assert tuned.fine_tune_report_ is not None and tuned.fine_tune_report_.steps_run == 3
     assert tuned.network_ is not carded  # a copy was finetuned; the module passed in is untouched
     assert_same_state(state_of(carded), state_of(network))
     # Explicit parameters win over the card.
     assert regressor("mitra", carded, fine_tune=None).fit(X, y).fine_tune_report_ is None
-    longer = regressor("mitra", carded, fine_tune_steps=5, validation_fraction=0.0).fit(X, y)
-    assert longer.fine_tune_report_.steps_run == 5
+    longer = regressor("mitra", carded, fine_tune_steps=5).fit(X, y)
+    assert longer.fine_tune_report_.steps_run == 5 and longer.fine_tune_report_.initial_loss is None  # no early stop
+    held_out = regressor("mitra", carded, validation_fraction=0.25).fit(X, y)
+    assert held_out.validation_fraction_ == 0.25 and held_out.fine_tune_report_.initial_loss is not None
+    # Without a card value: the estimator's DEFAULT_VALIDATION_FRACTION.
+    carded.inference_defaults = {"fine_tune": "full", "fine_tune_steps": 3}
+    assert regressor("mitra", carded).fit(X, y).validation_fraction_ == 0.2
 
     # Too small a table to finetune: "auto" says so at INFO level (the user did not ask for finetuning).
+    caplog.clear()
     with caplog.at_level(logging.INFO, logger="autogluon_tfm"):
         small = regressor("mitra", carded).fit(X[:4], y[:4])
     assert small.fine_tune_report_ is None and "skipping finetuning" in caplog.text
@@ -245,6 +252,10 @@ def test_fine_tune_auto_follows_the_weights_card(caplog):
     carded.inference_defaults = {"fine_tune": "partial"}
     with pytest.raises(ValueError, match="card recommends fine_tune='partial'"):
         regressor("mitra", carded).fit(X, y)
+    carded.inference_defaults = {"fine_tune": "full", "validation_fraction": 1.5}
+    with pytest.raises(ValueError, match="card recommends validation_fraction=1.5"):
+        regressor("mitra", carded).fit(X, y)
     # The shipped Mitra regression weights are finetuned by default (as AutoGluon's own Mitra is); TabICL's are not.
-    assert load_network("mitra-reg-small").inference_defaults.get("fine_tune") == "full"
+    mitra_defaults = load_network("mitra-reg-small").inference_defaults
+    assert (mitra_defaults.get("fine_tune"), mitra_defaults.get("validation_fraction")) == ("full", 0.0)
     assert "fine_tune" not in load_network("tabicl-reg-small").inference_defaults

@@ -38,6 +38,7 @@ from autogluon_tfm.inference.preprocessing import (
 __all__ = [
     "FEATURE_COMPRESSION_MODES",
     "DEFAULT_FINE_TUNE_STEPS",
+    "DEFAULT_VALIDATION_FRACTION",
     "FINE_TUNE_MODES",
     "PRECISIONS",
     "SELECT_PCA_COMPONENTS",
@@ -53,8 +54,9 @@ logger = logging.getLogger(__name__)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 FINE_TUNE_MODES = (None, "full", "lora")
-#: ``fine_tune_steps="auto"`` of weights whose card does not say.
+#: ``fine_tune_steps="auto"`` / ``validation_fraction="auto"`` of weights whose card does not say.
 DEFAULT_FINE_TUNE_STEPS = 200
+DEFAULT_VALIDATION_FRACTION = 0.2
 FEATURE_COMPRESSION_MODES = ("auto", "select", "none")
 #: ``feature_compression="select"`` compares the encoded columns with this many principal components (measured on
 #: the dev datasets: 16 components helped wide tables, 32 often kept too much noise).
@@ -237,6 +239,10 @@ def train_cache_budget(train_cache_max_bytes: int | None = None) -> int:
     return min(_total_memory_bytes() // 4, 8 * 1024**3)
 
 
+def _is_fraction(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and 0 <= value < 1
+
+
 class InContextEstimator(BaseEstimator):
     """Base of the scikit-learn estimators that run a network following the network protocol.
 
@@ -274,7 +280,8 @@ class InContextEstimator(BaseEstimator):
       and feed-forward layers (``autogluon_tfm.finetune.DEFAULT_LORA_TARGETS``);
     - ``validation_fraction``: share of the training rows held out (stratified by class, or by target quantile bin
       for regression) for early stopping when ``fit`` gets no ``X_val``; 0 = no early stopping (exactly
-      ``fine_tune_steps`` steps);
+      ``fine_tune_steps`` steps); ``"auto"`` = the card's ``inference_defaults["validation_fraction"]``, else
+      ``DEFAULT_VALIDATION_FRACTION`` (the shipped Mitra regression weights: 0, see their card);
     - ``time_limit``: seconds for ``fit`` (finetuning stops early to respect it); ``None`` = no limit.
 
     Finetuning early-stops on the validation loss of the ensemble prediction (up to 4 members, training rows as
@@ -341,8 +348,9 @@ class InContextEstimator(BaseEstimator):
             raise ValueError(f"time_limit must be > 0 seconds or None, got {self.time_limit!r}.")
         if self.fine_tune is None:
             return
-        if not 0 <= self.validation_fraction < 1:
-            raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}.")
+        fraction = self.validation_fraction
+        if not (fraction == "auto" if isinstance(fraction, str) else _is_fraction(fraction)):
+            raise ValueError(f"validation_fraction must be 'auto' or in [0, 1), got {fraction!r}.")
         steps = self.fine_tune_steps
         is_count = isinstance(steps, (int, np.integer)) and not isinstance(steps, bool) and steps >= 0
         if not (steps == "auto" if isinstance(steps, str) else is_count):
@@ -369,8 +377,17 @@ class InContextEstimator(BaseEstimator):
         steps = self.fine_tune_steps
         if isinstance(steps, str):  # "auto", checked by _validate_fine_tune_params
             steps = int(recommended.get("fine_tune_steps", DEFAULT_FINE_TUNE_STEPS))
+        fraction = self.validation_fraction
+        if isinstance(fraction, str):  # "auto"
+            fraction = recommended.get("validation_fraction", DEFAULT_VALIDATION_FRACTION)
+            if not _is_fraction(fraction):
+                raise ValueError(
+                    f"The weights' card recommends validation_fraction={fraction!r}, which is not in [0, 1); fix the "
+                    "card's inference_defaults or pass validation_fraction explicitly."
+                )
         self.fine_tune_: str | None = mode
         self.fine_tune_steps_: int | None = None if mode is None else int(steps)
+        self.validation_fraction_: float | None = None if mode is None else float(fraction)
         if mode is not None and self.fine_tune == "auto":
             logger.info("Finetuning as the weights' card recommends: fine_tune=%r, %d steps at most.", mode, steps)
 
@@ -616,9 +633,9 @@ class InContextEstimator(BaseEstimator):
 
         X_train = self.preprocessor_.train_transformed_
         X_val, y_val = validation if validation is not None else (None, None)
-        if validation is None and self.validation_fraction > 0:
+        if validation is None and self.validation_fraction_ > 0:
             rng = np.random.default_rng(seed)
-            train_rows, val_rows = stratified_split(strata, len(strata), float(self.validation_fraction), rng)
+            train_rows, val_rows = stratified_split(strata, len(strata), self.validation_fraction_, rng)
             if len(val_rows) == 0 or len(train_rows) < 2:
                 logger.log(
                     self._skip_log_level(), "Too few rows (%d) to hold out validation rows; skipping finetuning.",

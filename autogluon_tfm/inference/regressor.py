@@ -140,8 +140,8 @@ class TFMRegressor(RegressorMixin, InContextEstimator):
     output is read), ``target_scaler_`` (None for a constant target), ``constant_target_`` (the constant, else
     None), ``y_train_`` (scaled training targets), ``feature_compression_`` (principal components fed to the network,
     ``"top<k>"`` for k selected columns, None: all encoded columns), ``compressor_``, ``feature_compression_scores_`` (held-out RMSE of ``"select"``,
-    else None), ``fine_tune_`` / ``fine_tune_steps_`` (the finetuning mode and step budget used; None: in-context
-    learning only), ``fine_tune_report_`` (a
+    else None), ``fine_tune_`` / ``fine_tune_steps_`` / ``validation_fraction_`` (the finetuning mode, step budget
+    and held-out share used; None: in-context learning only), ``fine_tune_report_`` (a
     :class:`autogluon_tfm.finetune.FinetuneReport`, or None without finetuning).
     """
 
@@ -169,7 +169,7 @@ class TFMRegressor(RegressorMixin, InContextEstimator):
         lora_alpha: float = 16.0,
         lora_dropout: float = 0.05,
         lora_target_modules: Sequence[str] | None = None,
-        validation_fraction: float = 0.2,
+        validation_fraction: float | str = "auto",
         time_limit: float | None = None,
     ):
         self.model = model
