@@ -359,8 +359,8 @@ class InContextEstimator(BaseEstimator):
         self._fine_tune_config("full" if self.fine_tune == "auto" else self.fine_tune, DEFAULT_FINE_TUNE_STEPS)
 
     def _resolve_fine_tune(self) -> None:
-        """Set ``fine_tune_`` / ``fine_tune_steps_`` from the parameters and, for ``"auto"``, the loaded weights'
-        card (``inference_defaults``). Calibration needs rows the network has not learned from, so an explicit
+        """Set ``fine_tune_`` / ``fine_tune_steps_`` / ``validation_fraction_`` from the parameters and, for
+        ``"auto"``, the loaded weights' card (``inference_defaults``). Calibration needs rows the network has not learned from, so an explicit
         ``calibrate=True`` turns the card's finetuning off."""
         recommended = getattr(self.network_, "inference_defaults", None) or {}
         mode = self.fine_tune
