@@ -243,6 +243,17 @@ def _is_fraction(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and 0 <= value < 1
 
 
+def _is_count(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 0
+
+
+# Finetuning parameters that may be "auto" besides fine_tune: (valid value?, what is expected).
+_FINE_TUNE_AUTO_PARAMS = {
+    "fine_tune_steps": (_is_count, "a non-negative integer"),
+    "validation_fraction": (_is_fraction, "a number in [0, 1)"),
+}
+
+
 class InContextEstimator(BaseEstimator):
     """Base of the scikit-learn estimators that run a network following the network protocol.
 
@@ -348,48 +359,52 @@ class InContextEstimator(BaseEstimator):
             raise ValueError(f"time_limit must be > 0 seconds or None, got {self.time_limit!r}.")
         if self.fine_tune is None:
             return
-        fraction = self.validation_fraction
-        if not (fraction == "auto" if isinstance(fraction, str) else _is_fraction(fraction)):
-            raise ValueError(f"validation_fraction must be 'auto' or in [0, 1), got {fraction!r}.")
-        steps = self.fine_tune_steps
-        is_count = isinstance(steps, (int, np.integer)) and not isinstance(steps, bool) and steps >= 0
-        if not (steps == "auto" if isinstance(steps, str) else is_count):
-            raise ValueError(f"fine_tune_steps must be 'auto' or a non-negative integer, got {steps!r}.")
+        for name, (valid, expected) in _FINE_TUNE_AUTO_PARAMS.items():
+            value = getattr(self, name)
+            if not (value == "auto" if isinstance(value, str) else valid(value)):
+                raise ValueError(f"{name} must be 'auto' or {expected}, got {value!r}.")
         # Validates the remaining finetuning settings ("auto" may still resolve to in-context learning).
         self._fine_tune_config("full" if self.fine_tune == "auto" else self.fine_tune, DEFAULT_FINE_TUNE_STEPS)
 
+    def _card_defaults(self) -> dict[str, Any]:
+        """The loaded weights' ``inference_defaults`` (their card's recommendations; empty without a card), which
+        every ``"auto"`` parameter follows."""
+        return getattr(self.network_, "inference_defaults", None) or {}
+
     def _resolve_fine_tune(self) -> None:
         """Set ``fine_tune_`` / ``fine_tune_steps_`` / ``validation_fraction_`` from the parameters and, for
-        ``"auto"``, the loaded weights' card (``inference_defaults``). Calibration needs rows the network has not learned from, so an explicit
+        ``"auto"``, the loaded weights' card. Calibration needs rows the network has not learned from, so an explicit
         ``calibrate=True`` turns the card's finetuning off."""
-        recommended = getattr(self.network_, "inference_defaults", None) or {}
+        recommended = self._card_defaults()
+
+        def from_card(name: str, default: Any, valid: Any, expected: str) -> Any:
+            value = recommended.get(name, default)
+            if not valid(value):
+                raise ValueError(
+                    f"The weights' card recommends {name}={value!r}, expected {expected}; fix the card's "
+                    f"inference_defaults or pass {name} explicitly."
+                )
+            return value
+
         mode = self.fine_tune
         if mode == "auto":
-            mode = recommended.get("fine_tune")
-            if mode not in FINE_TUNE_MODES:
-                raise ValueError(
-                    f"The weights' card recommends fine_tune={mode!r}, which is not one of {FINE_TUNE_MODES}; "
-                    "fix the card's inference_defaults or pass fine_tune explicitly."
-                )
+            mode = from_card("fine_tune", None, FINE_TUNE_MODES.__contains__, f"one of {FINE_TUNE_MODES}")
             if mode is not None and getattr(self, "calibrate", None) is True:
                 logger.info("calibrate=True: not finetuning (the card's fine_tune=%r), calibrating instead.", mode)
                 mode = None
-        steps = self.fine_tune_steps
-        if isinstance(steps, str):  # "auto", checked by _validate_fine_tune_params
-            steps = int(recommended.get("fine_tune_steps", DEFAULT_FINE_TUNE_STEPS))
-        fraction = self.validation_fraction
-        if isinstance(fraction, str):  # "auto"
-            fraction = recommended.get("validation_fraction", DEFAULT_VALIDATION_FRACTION)
-            if not _is_fraction(fraction):
-                raise ValueError(
-                    f"The weights' card recommends validation_fraction={fraction!r}, which is not in [0, 1); fix the "
-                    "card's inference_defaults or pass validation_fraction explicitly."
-                )
+        defaults = {"fine_tune_steps": DEFAULT_FINE_TUNE_STEPS, "validation_fraction": DEFAULT_VALIDATION_FRACTION}
+        values = {
+            name: from_card(name, defaults[name], valid, expected) if getattr(self, name) == "auto" else getattr(self, name)
+            for name, (valid, expected) in _FINE_TUNE_AUTO_PARAMS.items()
+        }
         self.fine_tune_: str | None = mode
-        self.fine_tune_steps_: int | None = None if mode is None else int(steps)
-        self.validation_fraction_: float | None = None if mode is None else float(fraction)
+        self.fine_tune_steps_: int | None = None if mode is None else int(values["fine_tune_steps"])
+        self.validation_fraction_: float | None = None if mode is None else float(values["validation_fraction"])
         if mode is not None and self.fine_tune == "auto":
-            logger.info("Finetuning as the weights' card recommends: fine_tune=%r, %d steps at most.", mode, steps)
+            logger.info(
+                "Finetuning as the weights' card recommends: fine_tune=%r, %d steps, validation_fraction %g.",
+                mode, self.fine_tune_steps_, self.validation_fraction_,
+            )
 
     def _skip_log_level(self) -> int:
         """Skipped finetuning is worth a warning when the user asked for it, not when the card's "auto" did."""
@@ -487,7 +502,7 @@ class InContextEstimator(BaseEstimator):
         components, or None (no compression)."""
         value = self.feature_compression
         if value == "auto":
-            value = (getattr(self.network_, "inference_defaults", None) or {}).get("feature_compression", "none")
+            value = self._card_defaults().get("feature_compression", "none")
         return None if value is None or value == "none" else value
 
     def _fit_features(

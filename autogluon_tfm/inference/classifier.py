@@ -333,7 +333,7 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
         is off when finetuning."""
         if self.calibrate != "auto":
             return bool(self.calibrate)
-        recommended = (getattr(self.network_, "inference_defaults", None) or {}).get("calibrate", False)
+        recommended = self._card_defaults().get("calibrate", False)
         return bool(recommended) and self.fine_tune_ is None
 
     def _held_out_proba(
@@ -389,7 +389,7 @@ class TFMClassifier(ClassifierMixin, InContextEstimator):
         of the card, set on the network by ``load_network``)."""
         cap = self.max_classes_per_call
         if cap == "auto":
-            recommended = (getattr(self.network_, "inference_defaults", None) or {}).get("max_classes_per_call")
+            recommended = self._card_defaults().get("max_classes_per_call")
             return min(int(recommended), max_classes) if recommended else max_classes
         if cap > max_classes:
             raise ValueError(
